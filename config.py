@@ -1,0 +1,228 @@
+"""Every knob of the pipeline, in one dataclass, with presets and command-line overrides.
+
+All four stages (and fill_mask.py) call `load_config()`, so they agree on paths and sizes:
+
+    python model_training.py --preset tiny --set epochs=3 --set learning_rate=1e-3
+
+Presets:
+  gpu   the original project's hyperparameters (vocab 30000, 256-token windows, batch 32,
+        hidden 256, 4 heads, FFN 512, 4 layers, dropout 0.1, 10 epochs, Transformer warm-up).
+  cpu   the default when no GPU is visible: sized so the whole pipeline finishes in about
+        20 minutes on a 2-core laptop CPU.
+  tiny  for tests: a few hundred reviews, a few seconds per stage.
+
+The preset can also come from the IMDB_BERT_PRESET environment variable; `--preset` wins.
+This module imports nothing of ours (and not TensorFlow unless it must look for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot work; stages print it as one line."""
+
+    user_error = True
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "cpu"
+
+    # Where stage outputs go. Relative paths are relative to the current directory.
+    data_dir: str = "data"            # raw/, prepared/, vocab/ live here
+    runs_dir: str = "runs"            # one folder per training run
+    run_name: str = ""                # empty: the preset's name
+
+    # Stage 2: cleaning and splitting.
+    source: str = "auto"              # auto | official | package | tfds
+    validation_fraction: float = 0.1
+    split_seed: int = 1234
+    num_shards: int = 4
+
+    # Stage 3: WordPiece vocabulary.
+    vocab_size: int = 8000
+    vocab_min_word_count: int = 2     # words seen fewer times cannot earn a vocab entry
+
+    # Stage 4: model shape.
+    max_seq_len: int = 128            # including [CLS] and [SEP]
+    hidden_size: int = 192
+    num_heads: int = 4
+    ffn_size: int = 768
+    num_layers: int = 2
+    dropout: float = 0.0
+    norm_position: str = "pre"        # pre | post (layer norm before or after each sublayer)
+    tie_embeddings: bool = True
+
+    # Stage 4: masking.
+    mask_rate: float = 0.15
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+
+    # Stage 4: optimisation.
+    batch_size: int = 64
+    epochs: int = 5
+    steps_per_epoch: int = 250        # 0: one full pass over the training windows
+    validation_batches: int = 30      # per-epoch validation on this fixed subset (0: all); the
+                                      # final metrics always use the whole validation split
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"       # cosine (warm-up then cosine decay) | transformer
+    warmup_steps: int = 300
+    weight_decay: float = 0.01
+    seed: int = 42
+
+    # Probing after each epoch.
+    probe_phrases: tuple = ("i have watched this [MASK] and it was awesome",)
+    top_k: int = 5
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.runs_dir, self.run_name or self.preset)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first value that cannot work."""
+        positive = ["num_shards", "vocab_size", "max_seq_len", "hidden_size", "num_heads",
+                    "ffn_size", "num_layers", "batch_size", "epochs", "top_k"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ["validation_fraction", "mask_rate"]:
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
+        for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay"]:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.mask_token_rate + self.random_token_rate > 1.0:
+            raise ConfigError("mask_token_rate + random_token_rate must not exceed 1")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})")
+        if self.max_seq_len < 8:
+            raise ConfigError(f"max_seq_len must be at least 8, got {self.max_seq_len}")
+        if self.vocab_size < 100:
+            raise ConfigError(f"vocab_size must be at least 100, got {self.vocab_size}")
+        for name in ["steps_per_epoch", "validation_batches", "warmup_steps"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.vocab_min_word_count < 1:
+            raise ConfigError(f"vocab_min_word_count must be >= 1, got {self.vocab_min_word_count}")
+        choices = {"source": ("auto", "official", "package", "tfds"),
+                   "norm_position": ("pre", "post"),
+                   "lr_schedule": ("cosine", "transformer")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.probe_phrases:
+            raise ConfigError("probe_phrases must name at least one phrase")
+
+    def as_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["probe_phrases"] = list(self.probe_phrases)
+        return values
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpu": dict(vocab_size=30000, max_seq_len=256, batch_size=32, hidden_size=256, num_heads=4,
+                ffn_size=512, num_layers=4, dropout=0.1, norm_position="post", epochs=10,
+                lr_schedule="transformer", warmup_steps=4000, learning_rate=1.0, weight_decay=0.0,
+                steps_per_epoch=0, validation_batches=0),
+    "cpu": dict(),
+    "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
+                 num_layers=2, batch_size=16, epochs=3, warmup_steps=20, learning_rate=3e-3,
+                 num_shards=2, validation_fraction=0.2, steps_per_epoch=0, validation_batches=0),
+}
+
+
+def default_preset() -> str:
+    """`gpu` when TensorFlow sees a GPU, else `cpu`; IMDB_BERT_PRESET overrides both."""
+    if os.environ.get("IMDB_BERT_PRESET"):
+        return os.environ["IMDB_BERT_PRESET"]
+    try:
+        import tensorflow as tf
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _parse_value(name: str, text: str, current: Any) -> Any:
+    """Turn the text of `--set name=text` into the type the field already has."""
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} takes true or false, got {text!r}")
+    if isinstance(current, tuple):
+        return tuple(part.strip() for part in text.split("|") if part.strip())
+    for kind in (int, float, str):
+        if isinstance(current, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise ConfigError(f"{name} takes a{'n' if kind is int else ''} {kind.__name__}, got {text!r}") from None
+    raise ConfigError(f"cannot set {name}")
+
+
+def make_config(preset: str, overrides: dict[str, str] | None = None) -> Config:
+    """Build and validate the config of a preset with `name -> text` overrides applied."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset], preset=preset)
+    defaults = {f.name: f.default for f in fields(Config)}
+    for name, text in (overrides or {}).items():
+        if name not in defaults or name == "preset":
+            raise ConfigError(f"unknown config key {name!r} (see config.py for the keys)")
+        values[name] = _parse_value(name, text, values.get(name, defaults[name]))
+    config = Config(**values)
+    config.validate()
+    return config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} "
+                        "(default: $IMDB_BERT_PRESET, else gpu when a GPU is visible, else cpu)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value for this run (repeatable); "
+                             "probe_phrases takes phrases separated by |")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config named by parsed `--preset` / `--set` arguments; ValueError if they are wrong."""
+    overrides = {}
+    for item in args.overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        name, text = item.split("=", 1)
+        overrides[name.strip()] = text.strip()
+    return make_config(args.preset or default_preset(), overrides)
+
+
+def describe(config: Config) -> str:
+    """One block of text listing the preset and every value, printed by each stage."""
+    lines = [f"config: preset={config.preset}"]
+    lines += [f"  {name} = {value!r}" for name, value in config.as_dict().items() if name != "preset"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # `python config.py --get data_dir` lets download.sh read the same config as the Python stages.
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--get", metavar="KEY", help="print one value and exit")
+    arguments = parser.parse_args()
+    try:
+        chosen = config_from_args(arguments)
+    except ConfigError as error:
+        sys.exit(f"config error: {error}")
+    if arguments.get:
+        if not hasattr(chosen, arguments.get):
+            sys.exit(f"config error: unknown config key {arguments.get!r}")
+        print(getattr(chosen, arguments.get))
+    else:
+        print(describe(chosen))

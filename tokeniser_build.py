@@ -1,0 +1,51 @@
+"""Stage 3: learn a WordPiece vocabulary from the training split only.
+
+    python tokeniser_build.py [--preset P] [--set vocab_size=8000]
+
+Reads <data_dir>/prepared (written by data_prep.py) and writes <data_dir>/vocab/vocab.txt with a
+manifest.json; prints the vocabulary size, the time taken and the [UNK] rate on validation.
+"""
+
+import argparse
+import os
+import time
+
+import config as config_module
+from imdb_bert import artifacts, corpus, vocab
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_module.add_config_arguments(parser)
+    config = config_module.config_from_args(parser.parse_args())
+    print(config_module.describe(config))
+
+    prepared = artifacts.prepared_dir(config.data_dir)
+    prepared_manifest = artifacts.read_manifest(prepared, "run: python data_prep.py")
+    train_texts = corpus.split_texts(prepared, "train")
+    validation_texts = corpus.split_texts(prepared, "validation")
+
+    started = time.time()
+    tokens, stats = vocab.learn_vocabulary(train_texts, config.vocab_size, config.vocab_min_word_count)
+    seconds = time.time() - started
+    unknown = vocab.unknown_rate(vocab.make_tokenizer(tokens), validation_texts)
+
+    output = artifacts.vocab_dir(config.data_dir)
+    with artifacts.atomic_dir(output) as folder:
+        vocab.write_vocabulary(os.path.join(folder, "vocab.txt"), tokens)
+        artifacts.write_manifest(
+            folder, "tokeniser_build", vocab_size=len(tokens), target_vocab_size=config.vocab_size,
+            reserved_tokens=vocab.RESERVED_TOKENS, total_seconds=round(seconds, 1),
+            validation_unknown_rate=round(unknown, 6), **stats,
+            prepared_fingerprint=prepared_manifest["splits"]["train"]["fingerprint"],
+            config={"vocab_size": config.vocab_size, "vocab_min_word_count": config.vocab_min_word_count})
+
+    print(f"tokeniser_build: vocab size {len(tokens)} (target {config.vocab_size}) learned from "
+          f"{len(train_texts)} training reviews in {seconds:.1f}s "
+          f"(counting {stats['count_seconds']}s, learning {stats['learn_seconds']}s, "
+          f"{stats['words_learned_from']} of {stats['distinct_words']} distinct words)")
+    print(f"tokeniser_build: [UNK] rate on validation {unknown:.4%} -> {artifacts.vocab_path(config.data_dir)}")
+
+
+if __name__ == "__main__":
+    artifacts.run_stage(main)
