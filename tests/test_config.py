@@ -1,0 +1,48 @@
+import pytest
+
+import config
+
+
+def test_presets_build_and_validate():
+    for name in config.PRESETS:
+        assert config.make_config(name).preset == name
+
+
+def test_gpu_preset_keeps_the_original_hyperparameters():
+    gpu = config.make_config("gpu")
+    assert (gpu.vocab_size, gpu.max_seq_len, gpu.batch_size, gpu.hidden_size, gpu.num_heads, gpu.ffn_size,
+            gpu.num_layers, gpu.dropout, gpu.epochs, gpu.lr_schedule) == \
+        (30000, 256, 32, 256, 4, 512, 4, 0.1, 10, "transformer")
+
+
+def test_overrides_are_typed():
+    chosen = config.make_config("tiny", {"epochs": "7", "learning_rate": "1e-3", "tie_embeddings": "false",
+                                         "probe_phrases": "a [MASK] b | c [MASK]"})
+    assert chosen.epochs == 7 and chosen.learning_rate == 1e-3 and chosen.tie_embeddings is False
+    assert chosen.probe_phrases == ("a [MASK] b", "c [MASK]")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"no_such_key": "1"}, "unknown config key 'no_such_key'"),
+    ({"epochs": "three"}, "epochs takes an int"),
+    ({"hidden_size": "-64"}, "hidden_size must be positive"),
+    ({"mask_rate": "1.5"}, "mask_rate must be between 0 and 1"),
+    ({"mask_rate": "0"}, "mask_rate must be between 0 and 1"),
+    ({"num_heads": "5"}, "num_heads (5) must divide hidden_size"),
+    ({"source": "web"}, "source must be one of"),
+    ({"tie_embeddings": "maybe"}, "tie_embeddings takes true or false"),
+])
+def test_bad_overrides_name_the_problem(overrides, message):
+    with pytest.raises(config.ConfigError) as raised:
+        config.make_config("tiny", overrides)
+    assert message in str(raised.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(config.ConfigError, match="unknown preset"):
+        config.make_config("huge")
+
+
+def test_describe_lists_preset_and_values():
+    text = config.describe(config.make_config("tiny"))
+    assert text.startswith("config: preset=tiny") and "vocab_size = 1000" in text

@@ -1,0 +1,108 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import config
+from conftest import ROOT
+from imdb_bert import inputs, vocab
+
+
+@pytest.fixture(scope="module")
+def tokens(fixture_reviews):
+    return vocab.learn_vocabulary([text for text, _ in fixture_reviews], vocab_size=1500, min_word_count=2)[0]
+
+
+@pytest.fixture(scope="module")
+def windows(tokens, fixture_reviews):
+    tokenizer = vocab.make_tokenizer(tokens)
+    ids = inputs.tokenize_reviews(tokenizer, tf.constant([text for text, _ in fixture_reviews]))
+    return inputs.split_into_windows(ids, 126)
+
+
+def test_windows_keep_every_token_in_order():
+    ids = tf.ragged.constant([[1, 2, 3, 4, 5, 6, 7], [8], [], [9, 10, 11]], dtype=tf.int64)
+    got = inputs.split_into_windows(ids, 3).to_list()
+    assert got == [[1, 2, 3], [4, 5], [6, 7], [8], [9, 10, 11]]
+
+
+def test_real_reviews_become_near_equal_windows_without_loss(windows, tokens, fixture_reviews):
+    lengths = windows.row_lengths().numpy()
+    assert lengths.max() <= 126 and lengths.min() > 0
+    tokenizer = vocab.make_tokenizer(tokens)
+    total = inputs.tokenize_reviews(tokenizer, tf.constant([t for t, _ in fixture_reviews])).flat_values.shape[0]
+    assert lengths.sum() == total          # nothing is truncated
+    assert len(lengths) > len(fixture_reviews)  # long reviews became several windows
+
+
+def test_masking_statistics_over_a_large_sample(windows, tokens):
+    settings = config.make_config("tiny", {"max_seq_len": "128"})
+    masker = inputs.make_masker(len(tokens), settings, with_original_ids=True)
+    selected = selectable = as_mask = unchanged = 0
+    for _ in range(8):   # ~18k windows, ~270k selectable tokens
+        original, features, labels, weights = masker(windows)
+        original, masked = original.numpy(), features["input_ids"].numpy()
+        positions, weights = features["masked_positions"].numpy(), weights.numpy()
+        rows = np.repeat(np.arange(len(positions))[:, None], positions.shape[1], axis=1)[weights > 0]
+        columns = positions[weights > 0]
+        picked_original = original[rows, columns]
+        assert not np.isin(picked_original, inputs.SPECIAL_IDS).any()   # never [CLS], [SEP], [PAD]...
+        assert (labels.numpy()[weights > 0] == picked_original).all()
+        selected += len(columns)
+        selectable += int((~np.isin(original, inputs.SPECIAL_IDS)).sum())
+        as_mask += int((masked[rows, columns] == inputs.MASK_ID).sum())
+        unchanged += int((masked[rows, columns] == picked_original).sum())
+        changed = masked != original
+        changed[rows, columns] = False
+        assert not changed.any()             # nothing outside the selection is touched
+    assert abs(selected / selectable - 0.15) < 0.01
+    assert abs(as_mask / selected - 0.80) < 0.02
+    assert abs(unchanged / selected - 0.10) < 0.02
+    assert abs((selected - as_mask - unchanged) / selected - 0.10) < 0.02
+
+
+def test_masked_slots_and_padding(windows, tokens, tiny_config):
+    masker = inputs.make_masker(len(tokens), tiny_config)
+    short = tf.ragged.constant([[10, 11, 12, 13, 14, 15, 16, 17, 18, 19]], dtype=tf.int64)
+    features, labels, weights = masker(short)
+    assert features["input_ids"].shape == (1, tiny_config.max_seq_len)
+    ids = features["input_ids"].numpy()[0]
+    assert ids[0] == inputs.CLS_ID and ids[11] == inputs.SEP_ID and (ids[12:] == inputs.PAD_ID).all()
+    assert weights.numpy().sum() == 2        # ceil(15% of 10 tokens)
+    assert features["masked_positions"].shape[1] == inputs.max_predictions(tiny_config.max_seq_len, 0.15)
+
+
+def test_literal_mask_token_is_kept_whole(tokens):
+    tokenizer = vocab.make_tokenizer(tokens)
+    ids = inputs.encode_with_masks(tokenizer, "i have watched this [MASK] and it was [mask]")
+    assert ids[0] == inputs.CLS_ID and ids[-1] == inputs.SEP_ID
+    assert ids.count(inputs.MASK_ID) == 2
+    naive = inputs.tokenize_reviews(tokenizer, tf.constant(["this [MASK]"])).to_list()[0]
+    assert inputs.MASK_ID not in naive       # what BertTokenizer alone would do
+
+
+VALIDATION_MASKS = """
+import sys, hashlib, tensorflow as tf
+sys.path.insert(0, {root!r})
+import config
+from imdb_bert import inputs
+settings = config.make_config("tiny")
+windows = tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[7 + (i * j) % 50 for j in range(40)] for i in range(64)], dtype=tf.int64))
+data = inputs.validation_dataset(windows, inputs.make_masker(60, settings), settings)
+for _ in range(2):
+    digest = hashlib.sha256()
+    for features, labels, weights in data:
+        digest.update(features["input_ids"].numpy().tobytes() + labels.numpy().tobytes())
+    print(digest.hexdigest())
+"""
+
+
+def test_validation_masking_is_the_same_every_epoch_and_run():
+    script = VALIDATION_MASKS.format(root=ROOT)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    first_epoch, second_epoch = runs[0].split()
+    assert first_epoch == second_epoch       # the same masks every epoch...
+    assert runs[0] == runs[1]                # ...and in every run

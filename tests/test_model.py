@@ -1,0 +1,81 @@
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import config
+from conftest import ROOT
+from imdb_bert import inputs, model, training
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_config):
+    keras.utils.set_random_seed(1)
+    built = model.build_masked_lm(VOCAB, tiny_config)
+    training.compile_masked_lm(built, tiny_config, total_steps=100)
+    return built
+
+
+def predict(masked_lm, ids, positions):
+    return keras.ops.convert_to_numpy(masked_lm({"input_ids": np.array([ids], dtype=np.int32),
+                                                 "masked_positions": np.array([positions], dtype=np.int32)}))
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_padding_does_not_change_the_fills(norm_position):
+    settings = config.make_config("tiny", {"norm_position": norm_position, "dropout": "0.1"})
+    masked_lm = model.build_masked_lm(VOCAB, settings)
+    sentence = [inputs.CLS_ID, 40, 41, inputs.MASK_ID, 43, 44, inputs.SEP_ID]
+    padded = sentence + [inputs.PAD_ID] * (settings.max_seq_len - len(sentence))
+    unpadded_logits = predict(masked_lm, sentence, [3, 1])
+    padded_logits = predict(masked_lm, padded, [3, 1])
+    np.testing.assert_allclose(unpadded_logits, padded_logits, atol=1e-5)
+    assert unpadded_logits.shape == (1, 2, VOCAB)
+
+
+def test_loss_counts_masked_positions_only(tiny_model):
+    rng = np.random.default_rng(0)
+    features = {"input_ids": rng.integers(5, VOCAB, (4, 16)).astype(np.int32),
+                "masked_positions": rng.integers(1, 15, (4, 6)).astype(np.int32)}
+    labels = rng.integers(5, VOCAB, (4, 6))
+    weights = np.zeros((4, 6), np.float32)
+    weights[:, :3] = 1.0                       # the last three slots are padding
+    scrambled = labels.copy()
+    scrambled[:, 3:] = rng.integers(5, VOCAB, (4, 3))
+    first = tiny_model.evaluate(features, labels, sample_weight=weights, return_dict=True, verbose=0)
+    second = tiny_model.evaluate(features, scrambled, sample_weight=weights, return_dict=True, verbose=0)
+    assert first["loss"] == pytest.approx(second["loss"], rel=1e-6)
+    assert first["masked_accuracy"] == pytest.approx(second["masked_accuracy"])
+    # And the loss is the mean cross-entropy over the real slots, not diluted by the padded ones.
+    logits = keras.ops.convert_to_numpy(tiny_model(features))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    assert first["loss"] == pytest.approx(-picked[:, :3].mean(), rel=1e-4)
+
+
+def test_untied_output_projection_builds(tiny_config):
+    settings = config.make_config("tiny", {"tie_embeddings": "false"})
+    assert predict(model.build_masked_lm(VOCAB, settings), [3, 9, 2, 4], [2]).shape == (1, 1, VOCAB)
+
+
+RELOAD = """
+import sys, numpy as np, keras
+sys.path.insert(0, {root!r})
+import imdb_bert.model
+loaded = keras.saving.load_model({path!r})
+ids = np.array([[3, 10, 11, 2, 12, 4, 0, 0]], dtype=np.int32)
+np.save({out!r}, keras.ops.convert_to_numpy(loaded({{"input_ids": ids, "masked_positions": np.array([[3, 1]], dtype=np.int32)}})))
+"""
+
+
+def test_saved_model_reloads_in_a_fresh_process(tiny_model, tmp_path):
+    path, out = str(tmp_path / "model.keras"), str(tmp_path / "logits.npy")
+    tiny_model.save(path)
+    subprocess.run([sys.executable, "-c", RELOAD.format(root=ROOT, path=path, out=out)], check=True,
+                   capture_output=True)
+    expected = predict(tiny_model, [3, 10, 11, 2, 12, 4, 0, 0], [3, 1])
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
