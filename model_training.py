@@ -41,6 +41,9 @@ def main():
             raise artifacts.StageError(f"probe phrase {phrase!r} has no [MASK]")
 
     keras.utils.set_random_seed(config.seed)
+    precision = training.resolve_precision(config.mixed_precision)
+    keras.mixed_precision.set_global_policy(precision)
+    print(f"model_training: precision {precision} (mixed_precision={config.mixed_precision})")
     started = time.time()
     train_windows = inputs.window_dataset(prepared, "train", tokenizer, config.max_seq_len)
     validation_windows = inputs.window_dataset(prepared, "validation", tokenizer, config.max_seq_len)
@@ -72,7 +75,9 @@ def main():
 
         copying_accuracy = training.all_positions_accuracy(model, validation_windows, len(tokens), config)
         last = {name: values[-1] for name, values in history.history.items()}
-        trained_tokens = steps_per_epoch * config.epochs * config.batch_size * config.max_seq_len
+        # Batches are grouped by length, so nearly every position trained on is a real token.
+        mean_sequence = train_tokens / max(train_count, 1) + 2
+        trained_tokens = steps_per_epoch * config.epochs * config.batch_size * mean_sequence
         metrics = {
             "validation_masked_accuracy": final["masked_accuracy"],
             "validation_masked_cross_entropy": final["masked_cross_entropy"],
@@ -81,8 +86,8 @@ def main():
             "train_masked_accuracy": last["masked_accuracy"],
             "all_positions_accuracy_original_style": copying_accuracy,
             "epochs": len(history.history["loss"]), "steps_per_epoch": steps_per_epoch,
-            "fit_seconds": round(fit_seconds, 1),
-            "padded_tokens_per_second": round(trained_tokens / fit_seconds, 1),
+            "fit_seconds": round(fit_seconds, 1), "precision": precision,
+            "tokens_per_second": round(trained_tokens / fit_seconds, 1),
             "probe": probe_callback.last_fills,
         }
         model.save(os.path.join(folder, "model.keras"))

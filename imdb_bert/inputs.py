@@ -46,10 +46,11 @@ def split_into_windows(token_ids: tf.RaggedTensor, window: int) -> tf.RaggedTens
 def make_masker(vocab_size: int, config, with_original_ids: bool = False):
     """A function: ragged window batch -> (model inputs, masked token labels, label weights).
 
-    With `with_original_ids`, the padded unmasked ids come first in the tuple (for evaluation).
-
     Selection (`mask_rate` of the non-special tokens, rounded up) and the 80/10/10 replacement
-    are tensorflow-text's `RandomItemSelector` and `MaskValuesChooser`.
+    are tensorflow-text's `RandomItemSelector` and `MaskValuesChooser`. Inputs are padded to the
+    longest window of the batch (batches come grouped by length, so little padding is left);
+    prediction slots are padded to a fixed count with zero weight.
+    With `with_original_ids`, the padded unmasked ids come first in the tuple (for evaluation).
     """
     slots = max_predictions(config.max_seq_len, config.mask_rate)
     selector = text.RandomItemSelector(max_selections_per_batch=slots, selection_rate=config.mask_rate,
@@ -60,16 +61,25 @@ def make_masker(vocab_size: int, config, with_original_ids: bool = False):
     def mask(windows: tf.RaggedTensor):
         ids, _ = text.combine_segments([windows], start_of_sequence_id=CLS_ID, end_of_segment_id=SEP_ID)
         masked_ids, positions, labels = text.mask_language_model(ids, selector, chooser)
-        input_ids, _ = text.pad_model_inputs(masked_ids, config.max_seq_len, pad_value=PAD_ID)
         positions, weights = text.pad_model_inputs(positions, slots)
         labels, _ = text.pad_model_inputs(labels, slots)
-        features = {"input_ids": input_ids, "masked_positions": positions}
+        features = {"input_ids": masked_ids.to_tensor(default_value=PAD_ID), "masked_positions": positions}
         if with_original_ids:
-            original_ids, _ = text.pad_model_inputs(ids, config.max_seq_len, pad_value=PAD_ID)
-            return original_ids, features, labels, tf.cast(weights, tf.float32)
+            return ids.to_tensor(default_value=PAD_ID), features, labels, tf.cast(weights, tf.float32)
         return features, labels, tf.cast(weights, tf.float32)
 
     return mask
+
+
+def batch_by_length(windows: tf.data.Dataset, batch_size: int, max_seq_len: int,
+                    drop_remainder: bool) -> tf.data.Dataset:
+    """Ragged batches of windows of similar length (buckets 8 tokens wide), so padding is rare."""
+    window = max_seq_len - 2
+    boundaries = list(range(8, window + 1, 8))
+    return (windows
+            .bucket_by_sequence_length(tf.size, boundaries, [batch_size] * (len(boundaries) + 1),
+                                       pad_to_bucket_boundary=False, drop_remainder=drop_remainder)
+            .map(lambda dense: tf.RaggedTensor.from_tensor(dense, padding=PAD_ID)))
 
 
 def tokenize_reviews(tokenizer, texts: tf.Tensor) -> tf.RaggedTensor:
@@ -89,15 +99,14 @@ def window_dataset(prepared: str, split: str, tokenizer, max_seq_len: int) -> tf
             .batch(256)
             .map(to_windows, num_parallel_calls=tf.data.AUTOTUNE)
             .unbatch()
+            .map(tf.identity)  # unbatched ragged rows are typed ragged; bucketing wants plain tensors
             .cache())
 
 
 def training_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Dataset:
     """Endless shuffled batches, freshly masked each time a window comes round (dynamic masking)."""
-    return (windows
-            .shuffle(20_000, seed=config.seed, reshuffle_each_iteration=True)
-            .repeat()
-            .ragged_batch(config.batch_size, drop_remainder=True)
+    shuffled = windows.shuffle(20_000, seed=config.seed, reshuffle_each_iteration=True).repeat()
+    return (batch_by_length(shuffled, config.batch_size, config.max_seq_len, drop_remainder=True)
             .map(masker, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
@@ -105,8 +114,7 @@ def training_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Datase
 def validation_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Dataset:
     """Batches masked once with a fixed seed and cached, so every epoch and run scores the same masks."""
     tf.random.set_seed(config.seed)
-    return (windows
-            .ragged_batch(config.batch_size)
+    return (batch_by_length(windows, config.batch_size, config.max_seq_len, drop_remainder=False)
             .map(masker)  # sequential: the random ops run in a fixed order
             .cache()
             .prefetch(tf.data.AUTOTUNE))
