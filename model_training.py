@@ -54,7 +54,7 @@ def main():
 
     masker = inputs.make_masker(len(tokens), config)
     train_data = inputs.training_dataset(train_windows, masker, config)
-    validation_data = inputs.validation_dataset(validation_windows, masker, config)
+    validation_data = inputs.validation_dataset(validation_windows, len(tokens), config)
     steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
 
     model = build_and_compile(config, len(tokens), steps_per_epoch * config.epochs)

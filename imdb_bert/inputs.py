@@ -111,11 +111,29 @@ def training_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Datase
             .prefetch(tf.data.AUTOTUNE))
 
 
-def validation_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Dataset:
-    """Batches masked once with a fixed seed and cached, so every epoch and run scores the same masks."""
+def validation_dataset(windows: tf.data.Dataset, vocab_size: int, config) -> tf.data.Dataset:
+    """Validation batches with one fixed, seeded masking: the same masks every epoch and every run.
+
+    tensorflow-text's selector shuffles each row inside a parallel `map_fn`, so the draws of a batch
+    interleave differently from run to run. Here each window is masked alone, in order, from a
+    seeded stream, and the masked windows are then grouped by length like the training batches.
+    """
+    masker = make_masker(vocab_size, config)
+
+    def mask_one(window):
+        features, labels, weights = masker(tf.RaggedTensor.from_tensor(window[tf.newaxis, :]))
+        return {name: value[0] for name, value in features.items()}, labels[0], weights[0]
+
+    sequential = tf.data.Options()
+    sequential.experimental_optimization.map_parallelization = False
+    sequential.experimental_optimization.inject_prefetch = False
+    boundaries = list(range(8, config.max_seq_len + 1, 8))
     tf.random.set_seed(config.seed)
-    return (batch_by_length(windows, config.batch_size, config.max_seq_len, drop_remainder=False)
-            .map(masker)  # sequential: the random ops run in a fixed order
+    return (windows
+            .map(mask_one)
+            .with_options(sequential)
+            .bucket_by_sequence_length(lambda features, labels, weights: tf.size(features["input_ids"]),
+                                       boundaries, [config.batch_size] * (len(boundaries) + 1))
             .cache()
             .prefetch(tf.data.AUTOTUNE))
 

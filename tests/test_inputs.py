@@ -90,7 +90,7 @@ import config
 from imdb_bert import inputs
 settings = config.make_config("tiny")
 windows = tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[7 + (i * j) % 50 for j in range(40)] for i in range(64)], dtype=tf.int64)).map(tf.identity)
-data = inputs.validation_dataset(windows, inputs.make_masker(60, settings), settings)
+data = inputs.validation_dataset(windows, 60, settings)
 for _ in range(2):
     digest = hashlib.sha256()
     for features, labels, weights in data:
