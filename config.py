@@ -68,12 +68,12 @@ class Config:
     # Stage 4: optimisation.
     batch_size: int = 64
     epochs: int = 6
-    steps_per_epoch: int = 400        # 0: one full pass over the training windows
+    steps_per_epoch: int = 500        # 0: one full pass over the training windows
     validation_batches: int = 30      # per-epoch validation on this fixed subset (0: all); the
                                       # final metrics always use the whole validation split
-    learning_rate: float = 3e-3       # peak; the transformer schedule uses it as a multiplier
+    learning_rate: float = 2e-3       # peak; the transformer schedule uses it as a multiplier
     lr_schedule: str = "cosine"       # cosine (warm-up then cosine decay) | transformer
-    warmup_steps: int = 200
+    warmup_steps: int = 300
     weight_decay: float = 0.01
     mixed_precision: str = "auto"     # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks
                                       # mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16/AMX), else float32
@@ -205,6 +205,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
         name, text = item.split("=", 1)
         overrides[name.strip()] = text.strip()
     return make_config(args.preset or default_preset(), overrides)
+
+
+def load_stage_config(description: str) -> Config:
+    """Parse a stage's `--preset` / `--set` arguments, print the values it will use, return them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args())
+    print(describe(config))
+    return config
 
 
 def describe(config: Config) -> str:

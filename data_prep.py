@@ -6,7 +6,6 @@ Reads <data_dir>/raw (written by ./download.sh) or the TFDS cache (source=tfds),
 <data_dir>/prepared/{train,validation}-*.tfrecord with a manifest.json of counts and config.
 """
 
-import argparse
 import os
 import time
 
@@ -38,10 +37,7 @@ def read_raw(config):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_module.add_config_arguments(parser)
-    config = config_module.config_from_args(parser.parse_args())
-    print(config_module.describe(config))
+    config = config_module.load_stage_config(__doc__)
     started = time.time()
 
     reviews, undecodable, origin = read_raw(config)

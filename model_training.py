@@ -7,7 +7,6 @@ with model.keras, vocab.txt, config.json, history.csv, metrics.json and manifest
 After each epoch it prints the top-k fills of the probe phrases; metrics count masked positions only.
 """
 
-import argparse
 import json
 import math
 import os
@@ -19,13 +18,9 @@ from imdb_bert import artifacts, inputs, probe, training, vocab
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_module.add_config_arguments(parser)
-    config = config_module.config_from_args(parser.parse_args())
-    print(config_module.describe(config))
+    config = config_module.load_stage_config(__doc__)
 
     import keras
-    import tensorflow as tf
 
     prepared = artifacts.prepared_dir(config.data_dir)
     artifacts.read_manifest(prepared, "run: python data_prep.py")

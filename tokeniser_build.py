@@ -6,7 +6,6 @@ Reads <data_dir>/prepared (written by data_prep.py) and writes <data_dir>/vocab/
 manifest.json; prints the vocabulary size, the time taken and the [UNK] rate on validation.
 """
 
-import argparse
 import os
 import time
 
@@ -15,10 +14,7 @@ from imdb_bert import artifacts, corpus, vocab
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_module.add_config_arguments(parser)
-    config = config_module.config_from_args(parser.parse_args())
-    print(config_module.describe(config))
+    config = config_module.load_stage_config(__doc__)
 
     prepared = artifacts.prepared_dir(config.data_dir)
     prepared_manifest = artifacts.read_manifest(prepared, "run: python data_prep.py")
