@@ -103,13 +103,16 @@ class TransformerBlock(layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size, self.num_heads, self.ffn_size = hidden_size, num_heads, ffn_size
         self.dropout, self.norm_position = dropout, norm_position
+        # Sublayers follow this block's dtype policy (not the global one), so a model trained in
+        # mixed precision reloads in a process that never set a policy.
+        policy = self.dtype_policy
         self.attention = layers.MultiHeadAttention(num_heads, key_dim=hidden_size // num_heads,
-                                                   dropout=dropout, name="attention")
-        self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
-        self.ffn_in = layers.Dense(ffn_size, activation=gelu_tanh, name="ffn_in")
-        self.ffn_out = layers.Dense(hidden_size, name="ffn_out")
-        self.ffn_norm = layers.LayerNormalization(epsilon=1e-6, name="ffn_norm")
-        self.residual_dropout = layers.Dropout(dropout)
+                                                   dropout=dropout, name="attention", dtype=policy)
+        self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm", dtype=policy)
+        self.ffn_in = layers.Dense(ffn_size, activation=gelu_tanh, name="ffn_in", dtype=policy)
+        self.ffn_out = layers.Dense(hidden_size, name="ffn_out", dtype=policy)
+        self.ffn_norm = layers.LayerNormalization(epsilon=1e-6, name="ffn_norm", dtype=policy)
+        self.residual_dropout = layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
         self.attention.build(input_shape, input_shape)
