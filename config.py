@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 

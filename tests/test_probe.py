@@ -1,5 +1,4 @@
 import keras
-import numpy as np
 import pytest
 
 from imdb_bert import artifacts, model, probe, vocab
