@@ -70,17 +70,22 @@ class ProbeCallback(keras.callbacks.Callback):
                 print(fill)
 
 
+def load_model(path: str) -> keras.Model:
+    """A saved masked-LM `.keras` file, with our layers and schedules registered first."""
+    from imdb_bert import model as _layers, training as _schedules  # noqa: F401  (registration)
+
+    return keras.saving.load_model(path)
+
+
 def load_run(run_dir: str):
     """(model, tokenizer, tokens, run config dict) of a finished training run folder."""
     import json
     import os
 
-    from imdb_bert import artifacts, model as _layers  # noqa: F401  (registers the custom layers)
-    from imdb_bert import vocab
+    from imdb_bert import artifacts, vocab
 
     artifacts.read_manifest(run_dir, "run: python model_training.py (or pass --run FOLDER)")
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         run_config = json.load(handle)
     tokens = vocab.read_vocabulary(os.path.join(run_dir, "vocab.txt"))
-    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
-    return model, vocab.make_tokenizer(tokens), tokens, run_config
+    return load_model(os.path.join(run_dir, "model.keras")), vocab.make_tokenizer(tokens), tokens, run_config

@@ -65,19 +65,21 @@ def test_untied_output_projection_builds(tiny_config):
 RELOAD = """
 import sys, numpy as np, keras
 sys.path.insert(0, {root!r})
-import imdb_bert.model
-loaded = keras.saving.load_model({path!r})
+from imdb_bert import probe
+loaded = probe.load_model({path!r})
 ids = np.array([[3, 10, 11, 2, 12, 4, 0, 0]], dtype=np.int32)
 np.save({out!r}, keras.ops.convert_to_numpy(loaded({{"input_ids": ids, "masked_positions": np.array([[3, 1]], dtype=np.int32)}})))
 """
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-def test_saved_model_reloads_in_a_fresh_process(tiny_config, tmp_path, precision):
+@pytest.mark.parametrize("precision, schedule", [("float32", "cosine"), ("mixed_bfloat16", "cosine"),
+                                                 ("float32", "transformer")])
+def test_saved_model_reloads_in_a_fresh_process(tmp_path, precision, schedule):
+    settings = config.make_config("tiny", {"lr_schedule": schedule})
     keras.mixed_precision.set_global_policy(precision)
     try:
-        trained = model.build_masked_lm(VOCAB, tiny_config)
-        training.compile_masked_lm(trained, tiny_config, total_steps=100)
+        trained = model.build_masked_lm(VOCAB, settings)
+        training.compile_masked_lm(trained, settings, total_steps=100)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     path, out = str(tmp_path / "model.keras"), str(tmp_path / "logits.npy")
