@@ -207,11 +207,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return make_config(args.preset or default_preset(), overrides)
 
 
-def load_stage_config(description: str) -> Config:
-    """Parse a stage's `--preset` / `--set` arguments, print the values it will use, return them."""
+def load_stage_config(description: str, shorthands: tuple[str, ...] = ()) -> Config:
+    """Parse a stage's `--preset` / `--set` arguments, print the values it will use, return them.
+
+    Each name in `shorthands` also gets its own flag: `--source tfds` means `--set source=tfds`.
+    """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    config = config_from_args(parser.parse_args())
+    for name in shorthands:
+        parser.add_argument(f"--{name}", help=f"same as --set {name}=VALUE")
+    arguments = parser.parse_args()
+    arguments.overrides += [f"{name}={getattr(arguments, name)}" for name in shorthands
+                            if getattr(arguments, name) is not None]
+    config = config_from_args(arguments)
     print(describe(config))
     return config
 

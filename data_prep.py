@@ -1,6 +1,6 @@
 """Stage 2: clean the raw reviews, drop empty ones and duplicates, split, write TFRecord shards.
 
-    python data_prep.py [--preset P] [--set source=package] [--set validation_fraction=0.1]
+    python data_prep.py [--preset P] [--source official|package|tfds] [--set validation_fraction=0.1]
 
 Reads <data_dir>/raw (written by ./download.sh) or the TFDS cache (source=tfds), and writes
 <data_dir>/prepared/{train,validation}-*.tfrecord with a manifest.json of counts and config.
@@ -37,7 +37,7 @@ def read_raw(config):
 
 
 def main():
-    config = config_module.load_stage_config(__doc__)
+    config = config_module.load_stage_config(__doc__, shorthands=("source",))
     started = time.time()
 
     reviews, undecodable, origin = read_raw(config)
