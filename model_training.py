@@ -15,6 +15,7 @@ import time
 
 import config as config_module
 from imdb_bert import artifacts, inputs, probe, training, vocab
+from imdb_bert import model as masked_lm
 
 
 def main():
@@ -52,7 +53,8 @@ def main():
     validation_data = inputs.validation_dataset(validation_windows, len(tokens), config)
     steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
 
-    model = build_and_compile(config, len(tokens), steps_per_epoch * config.epochs)
+    model = masked_lm.build_masked_lm(len(tokens), config)
+    training.compile_masked_lm(model, config, total_steps=steps_per_epoch * config.epochs)
     model.summary(line_length=100)
 
     run_dir = config.run_dir
@@ -69,7 +71,6 @@ def main():
         final = model.evaluate(validation_data, return_dict=True, verbose=0)
 
         copying_accuracy = training.all_positions_accuracy(model, validation_windows, len(tokens), config)
-        last = {name: values[-1] for name, values in history.history.items()}
         # Batches are grouped by length, so nearly every position trained on is a real token.
         mean_sequence = train_tokens / max(train_count, 1) + 2
         trained_tokens = steps_per_epoch * config.epochs * config.batch_size * mean_sequence
@@ -78,7 +79,7 @@ def main():
             "validation_masked_cross_entropy": final["masked_cross_entropy"],
             "validation_perplexity": math.exp(final["masked_cross_entropy"]),
             "validation_windows": validation_count,
-            "train_masked_accuracy": last["masked_accuracy"],
+            "train_masked_accuracy": history.history["masked_accuracy"][-1],
             "all_positions_accuracy_original_style": copying_accuracy,
             "epochs": len(history.history["loss"]), "steps_per_epoch": steps_per_epoch,
             "fit_seconds": round(fit_seconds, 1), "precision": precision,
@@ -101,14 +102,6 @@ def main():
     print(f"model_training: probe top-1 {top['predicted mask token']!r} p={top['probability']:.3f}; "
           f"trained {fit_seconds / 60:.1f} min -> {run_dir}")
     print(json.dumps({key: value for key, value in metrics.items() if key != "probe"}))
-
-
-def build_and_compile(config, vocab_size, total_steps):
-    from imdb_bert import model as model_module
-
-    model = model_module.build_masked_lm(vocab_size, config)
-    training.compile_masked_lm(model, config, total_steps)
-    return model
 
 
 if __name__ == "__main__":
