@@ -71,13 +71,18 @@ def make_masker(vocab_size: int, config, with_original_ids: bool = False):
     return mask
 
 
+def length_buckets(longest: int, batch_size: int) -> tuple[list[int], list[int]]:
+    """Bucket boundaries 8 tokens apart up to `longest`, and one batch size per bucket."""
+    boundaries = list(range(8, longest + 1, 8))
+    return boundaries, [batch_size] * (len(boundaries) + 1)
+
+
 def batch_by_length(windows: tf.data.Dataset, batch_size: int, max_seq_len: int,
                     drop_remainder: bool) -> tf.data.Dataset:
     """Ragged batches of windows of similar length (buckets 8 tokens wide), so padding is rare."""
-    window = max_seq_len - 2
-    boundaries = list(range(8, window + 1, 8))
+    boundaries, batch_sizes = length_buckets(max_seq_len - 2, batch_size)
     return (windows
-            .bucket_by_sequence_length(tf.size, boundaries, [batch_size] * (len(boundaries) + 1),
+            .bucket_by_sequence_length(tf.size, boundaries, batch_sizes,
                                        pad_to_bucket_boundary=False, drop_remainder=drop_remainder)
             .map(lambda dense: tf.RaggedTensor.from_tensor(dense, padding=PAD_ID)))
 
@@ -127,13 +132,13 @@ def validation_dataset(windows: tf.data.Dataset, vocab_size: int, config) -> tf.
     sequential = tf.data.Options()
     sequential.experimental_optimization.map_parallelization = False
     sequential.experimental_optimization.inject_prefetch = False
-    boundaries = list(range(8, config.max_seq_len + 1, 8))
+    boundaries, batch_sizes = length_buckets(config.max_seq_len, config.batch_size)
     tf.random.set_seed(config.seed)
     return (windows
             .map(mask_one)
             .with_options(sequential)
             .bucket_by_sequence_length(lambda features, labels, weights: tf.size(features["input_ids"]),
-                                       boundaries, [config.batch_size] * (len(boundaries) + 1))
+                                       boundaries, batch_sizes)
             .cache()
             .prefetch(tf.data.AUTOTUNE))
 
