@@ -12,7 +12,8 @@ Presets:
   tiny  for tests: a few hundred reviews, a few seconds per stage.
 
 The preset can also come from the IMDB_BERT_PRESET environment variable; `--preset` wins.
-This module imports nothing of ours (and not TensorFlow unless it must look for a GPU).
+This module imports nothing of ours and not TensorFlow, so a stage can decide it has nothing to
+do (its output is up to date) in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 from dataclasses import dataclass, fields
 from typing import Any
@@ -79,6 +81,7 @@ class Config:
                                       # mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16/AMX), else float32
     jit_compile: bool = False         # XLA
     seed: int = 42
+    checkpoint_every_steps: int = 200 # besides every epoch end; an interrupted run resumes from the last one
 
     # Probing after each epoch.
     probe_phrases: tuple = ("i have watched this [MASK] and it was awesome",)
@@ -109,7 +112,7 @@ class Config:
             raise ConfigError(f"max_seq_len must be at least 8, got {self.max_seq_len}")
         if self.vocab_size < 100:
             raise ConfigError(f"vocab_size must be at least 100, got {self.vocab_size}")
-        for name in ["steps_per_epoch", "validation_batches", "warmup_steps"]:
+        for name in ["steps_per_epoch", "validation_batches", "warmup_steps", "checkpoint_every_steps"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.vocab_min_word_count < 1:
@@ -143,14 +146,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def default_preset() -> str:
-    """`gpu` when TensorFlow sees a GPU, else `cpu`; IMDB_BERT_PRESET overrides both."""
+    """`gpu` when an NVIDIA GPU is present, else `cpu`; IMDB_BERT_PRESET overrides both.
+
+    Looks for the driver rather than asking TensorFlow, whose import alone takes seconds.
+    """
     if os.environ.get("IMDB_BERT_PRESET"):
         return os.environ["IMDB_BERT_PRESET"]
-    try:
-        import tensorflow as tf
-        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-    except ImportError:
-        return "cpu"
+    has_gpu = os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+    return "gpu" if has_gpu else "cpu"
 
 
 def _parse_value(name: str, text: str, current: Any) -> Any:
@@ -207,13 +210,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return make_config(args.preset or default_preset(), overrides)
 
 
-def load_stage_config(description: str, shorthands: tuple[str, ...] = ()) -> Config:
-    """Parse a stage's `--preset` / `--set` arguments, print the values it will use, return them.
+def load_stage_config(description: str, shorthands: tuple[str, ...] = ()) -> tuple[Config, bool]:
+    """Parse a stage's `--preset` / `--set` / `--force` arguments, print the values it will use,
+    and return them with the `--force` flag (redo the stage even if its output is up to date).
 
     Each name in `shorthands` also gets its own flag: `--source tfds` means `--set source=tfds`.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
+    parser.add_argument("--force", action="store_true", help="redo the stage even if its output is up to date")
     for name in shorthands:
         parser.add_argument(f"--{name}", help=f"same as --set {name}=VALUE")
     arguments = parser.parse_args()
@@ -221,7 +226,7 @@ def load_stage_config(description: str, shorthands: tuple[str, ...] = ()) -> Con
                             if getattr(arguments, name) is not None]
     config = config_from_args(arguments)
     print(describe(config))
-    return config
+    return config, arguments.force
 
 
 def describe(config: Config) -> str:

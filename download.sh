@@ -98,8 +98,8 @@ unpack_official() {
     rm -rf "$staging"
     fail "the archive does not hold aclImdb/train/pos/*.txt (listing mismatch) — rerun ./download.sh --force"
   fi
-  printf '{\n  "stage": "download",\n  "source": "official",\n  "origin": "%s",\n  "sha256": "%s",\n  "reviews": %d,\n  "files": {%s}\n}\n' \
-    "$OFFICIAL_URL" "$OFFICIAL_SHA256" "$total" "${counts%, }" > "$staging/manifest.json"
+  printf '{\n  "stage": "download",\n  "source": "official",\n  "origin": "%s",\n  "sha256": "%s",\n  "fingerprint": "%s",\n  "reviews": %d,\n  "review_files": {%s}\n}\n' \
+    "$OFFICIAL_URL" "$OFFICIAL_SHA256" "${OFFICIAL_SHA256:0:16}" "$total" "${counts%, }" > "$staging/manifest.json"
   rm -rf "$raw/official"
   mv "$staging" "$raw/official"
 }

@@ -1,9 +1,10 @@
 """Stage 3: learn a WordPiece vocabulary from the training split only.
 
-    python tokeniser_build.py [--preset P] [--set vocab_size=8000]
+    python tokeniser_build.py [--preset P] [--set vocab_size=8000] [--force]
 
 Reads <data_dir>/prepared (written by data_prep.py) and writes <data_dir>/vocab/vocab.txt with a
 manifest.json; prints the vocabulary size, the time taken and the [UNK] rate on validation.
+Does nothing if that vocabulary was already learned from the same prepared data and config.
 """
 
 import os
@@ -14,27 +15,27 @@ from imdb_bert import artifacts, corpus, vocab
 
 
 def main():
-    config = config_module.load_stage_config(__doc__)
-
+    config, force = config_module.load_stage_config(__doc__)
     prepared = artifacts.prepared_dir(config.data_dir)
-    prepared_manifest = artifacts.read_manifest(prepared, "run: python data_prep.py")
+    prepared_manifest = artifacts.read_current(prepared, "data_prep", config, artifacts.DATA_PREP_KEYS,
+                                               corpus.current_raw_inputs(config))
+    identity = artifacts.stage_identity(config, artifacts.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
+    output = artifacts.vocab_dir(config.data_dir)
+    if artifacts.skip_if_up_to_date("tokeniser_build", output, identity, force):
+        return
+
     train_texts = corpus.split_texts(prepared, "train")
     validation_texts = corpus.split_texts(prepared, "validation")
-
     started = time.time()
     tokens, stats = vocab.learn_vocabulary(train_texts, config.vocab_size, config.vocab_min_word_count)
     seconds = time.time() - started
     unknown = vocab.unknown_rate(vocab.make_tokenizer(tokens), validation_texts)
 
-    output = artifacts.vocab_dir(config.data_dir)
     with artifacts.atomic_dir(output) as folder:
         vocab.write_vocabulary(os.path.join(folder, "vocab.txt"), tokens)
         artifacts.write_manifest(
-            folder, "tokeniser_build", vocab_size=len(tokens), target_vocab_size=config.vocab_size,
-            reserved_tokens=vocab.RESERVED_TOKENS, total_seconds=round(seconds, 1),
-            validation_unknown_rate=round(unknown, 6), **stats,
-            prepared_fingerprint=prepared_manifest["splits"]["train"]["fingerprint"],
-            config={"vocab_size": config.vocab_size, "vocab_min_word_count": config.vocab_min_word_count})
+            folder, "tokeniser_build", identity, vocab_size=len(tokens), reserved_tokens=vocab.RESERVED_TOKENS,
+            total_seconds=round(seconds, 1), validation_unknown_rate=round(unknown, 6), **stats)
 
     print(f"tokeniser_build: vocab size {len(tokens)} (target {config.vocab_size}) learned from "
           f"{len(train_texts)} training reviews in {seconds:.1f}s "

@@ -3,11 +3,17 @@
 A stage writes its whole output folder under a temporary name and renames it into place only
 after the manifest is written, so a folder that exists with a manifest is finished; a crash
 leaves at most a `*.partial-*` folder that nobody reads.
+
+Each manifest records the stage's *identity*: the config values the stage depends on and the
+fingerprints of the inputs it read. A stage whose identity is unchanged does nothing when rerun;
+a stage that reads an upstream output built for other config values refuses with the command to
+rerun. The fingerprint of an output is a hash of all its files, recorded in its manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +23,18 @@ import tempfile
 import time
 
 MANIFEST = "manifest.json"
+
+# The command that (re)builds each stage's output, for error messages.
+COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
+            "tokeniser_build": "python tokeniser_build.py", "model_training": "python model_training.py"}
+# Config values each stage's output depends on. Training depends on every key except
+# NOT_TRAINING_KEYS (where files go, how often to checkpoint, what to print): changing those must
+# not retrain hours of work.
+DATA_PREP_KEYS = ("source", "validation_fraction", "split_seed", "num_shards")
+VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
+NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases", "top_k")
+# Writing failures that mean "the disk is full", not a bug.
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 class StageError(Exception):
@@ -45,7 +63,8 @@ def vocab_path(data_dir: str) -> str:
 def atomic_dir(final_path: str):
     """Yield a fresh temporary folder; on success it replaces `final_path` whole.
 
-    On any exception the temporary folder is removed and `final_path` is left as it was.
+    On any exception the temporary folder is removed and `final_path` is left as it was; a full
+    disk becomes a StageError saying so.
     """
     parent = os.path.dirname(os.path.abspath(final_path))
     os.makedirs(parent, exist_ok=True)
@@ -60,6 +79,12 @@ def atomic_dir(final_path: str):
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(temporary, final_path)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if error.errno in _DISK_FULL:
+            raise StageError(f"could not write {final_path}: {os.strerror(error.errno)} — the previous "
+                             f"{os.path.basename(final_path)} (if any) is untouched; free disk space and rerun") from None
+        raise
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -81,10 +106,80 @@ def write_json(path: str, value) -> None:
         raise
 
 
-def write_manifest(folder: str, stage: str, **fields) -> dict:
-    """Write `folder/manifest.json` recording the stage, the time and the given fields."""
-    manifest = {"stage": stage, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+def stage_identity(config, keys, inputs: dict[str, str]) -> dict:
+    """What a stage's output depends on: the `keys` of `config` and the input fingerprints."""
+    values = config.as_dict()
+    return {"config": {key: values[key] for key in keys}, "inputs": dict(inputs)}
+
+
+def training_keys(config) -> tuple[str, ...]:
+    return tuple(key for key in config.as_dict() if key not in NOT_TRAINING_KEYS)
+
+
+def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
+    """Write `folder/manifest.json`: the stage, its identity, the given fields, and every file
+    in `folder` with its size plus a fingerprint (hash) of all of them."""
+    files = {}
+    digest = hashlib.sha256()
+    for root, _, names in sorted(os.walk(folder)):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder)
+            if relative == MANIFEST:
+                continue
+            files[relative] = os.path.getsize(path)
+            digest.update(f"{relative}\0{file_sha256(path)}\0".encode())
+    manifest = {"stage": stage, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **identity,
+                "fingerprint": digest.hexdigest()[:16], **fields, "files": files}
     write_json(os.path.join(folder, MANIFEST), manifest)
+    return manifest
+
+
+def up_to_date(folder: str, identity: dict) -> dict | None:
+    """The manifest of `folder` if it was built with exactly `identity` and its files are all
+    there with their recorded sizes; else None (the stage must run)."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if manifest.get("config") != identity["config"] or manifest.get("inputs") != identity["inputs"]:
+        return None
+    for name, size in manifest.get("files", {}).items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            return None
+    return manifest
+
+
+def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
+    """True (after saying so) when `folder` is current and `force` is off."""
+    if force or up_to_date(folder, identity) is None:
+        return False
+    print(f"{stage}: up to date — {folder} was built from the same inputs and config (--force redoes it)")
+    return True
+
+
+def changed_values(old: dict, new: dict) -> str:
+    """`key old -> new` for each value that differs, for messages."""
+    return ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+                     for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
+
+
+def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict[str, str] | None = None) -> dict:
+    """The manifest of upstream `stage`'s output, refusing if it is missing, was built for other
+    values of `keys` than `config` has, or from other inputs than `input_fingerprints`."""
+    command = COMMANDS[stage]
+    manifest = read_manifest(folder, f"run: {command}")
+    wanted = stage_identity(config, keys, {})["config"]
+    built = {key: manifest.get("config", {}).get(key) for key in keys}
+    if built != wanted:
+        raise StageError(f"{folder} is stale: it was built for {changed_values(built, wanted).replace('->', 'but config says')}"
+                         f": rerun {command}")
+    for name, fingerprint in (input_fingerprints or {}).items():
+        if manifest.get("inputs", {}).get(name) != fingerprint:
+            raise StageError(f"{folder} is stale: it was built from an older {name} output than the one "
+                             f"there now: rerun {command}")
     return manifest
 
 
@@ -119,5 +214,6 @@ def run_stage(main) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: nothing half-written was kept", file=sys.stderr)
+        print("interrupted: finished outputs are untouched, nothing half-written is kept; rerun to "
+              "continue (training resumes from its last checkpoint)", file=sys.stderr)
         sys.exit(130)

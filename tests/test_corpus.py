@@ -64,7 +64,7 @@ def test_read_official_empty_folder_is_a_clear_error(tmp_path):
 def test_shards_round_trip(tmp_path, fixture_reviews):
     reviews = [Review(text, label) for text, label in fixture_reviews[:30]]
     names = corpus.write_shards(str(tmp_path), "train", reviews, num_shards=3)
-    artifacts.write_manifest(str(tmp_path), "data_prep", shards={"train": names})
+    artifacts.write_manifest(str(tmp_path), "data_prep", {"config": {}, "inputs": {}}, shards={"train": names})
     assert sorted(corpus.split_texts(str(tmp_path), "train")) == sorted(r.text for r in reviews)
 
 

@@ -7,20 +7,15 @@ import os
 
 import pytest
 
-from conftest import make_archive, run_stage, stage_environment
+from conftest import run_stage, stage_environment
 
 PROBE = "i have watched this [MASK] and it was awesome"
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, fixture_reviews):
-    folder = str(tmp_path_factory.mktemp("pipeline"))
-    path, sha256 = make_archive(folder, fixture_reviews)
-    data_dir = os.path.join(folder, "data")
-    outputs = {"download": run_stage(["./download.sh"], data_dir, environment=stage_environment(
-        IMDB_BERT_URL="file://" + path, IMDB_BERT_SHA256=sha256))}
-    for script in ["data_prep.py", "tokeniser_build.py", "model_training.py"]:
-        outputs[script] = run_stage([script], data_dir)
+def pipeline(built_data):
+    data_dir, outputs = built_data
+    outputs = dict(outputs, **{"model_training.py": run_stage(["model_training.py"], data_dir)})
     return data_dir, outputs
 
 
@@ -33,9 +28,10 @@ def test_stage_outputs_and_manifests(pipeline):
     assert vocab_manifest["vocab_size"] == 1000
     assert "[UNK] rate on validation" in outputs["tokeniser_build.py"].stdout
     run_dir = os.path.join(data_dir, "runs", "tiny")
-    for name in ["model.keras", "vocab.txt", "config.json", "history.csv", "metrics.json", "manifest.json"]:
+    for name in ["model.keras", "best.keras", "vocab.txt", "config.json", "history.csv", "metrics.json",
+                 "manifest.json"]:
         assert os.path.isfile(os.path.join(run_dir, name)), name
-    assert not [name for name in os.listdir(os.path.join(data_dir, "runs")) if "partial" in name]
+    assert os.listdir(os.path.join(data_dir, "runs")) == ["tiny"]   # no partial or in-progress folder left
     for output in outputs.values():
         assert "Traceback" not in output.stderr
 

@@ -1,0 +1,181 @@
+"""Training that survives being killed: an in-progress folder, checkpoints, and the plan to resume.
+
+A run trains in `<run_dir>.inprogress/`, next to where the finished run folder will appear. It holds
+`identity.json` (the config and inputs the run is for), `history.csv`, `best.keras` (Keras'
+`ModelCheckpoint`, best validation loss) and the training state: `state.json` naming a
+`state-<step>.weights.h5` file with the model and optimizer weights and the epoch and step it was
+saved at. A new weights file is complete before `state.json` points at it, so a kill at any moment
+leaves the previous state usable.
+
+Keras' `BackupAndRestore` was the first choice, but in Keras 3 it restarts an interrupted epoch
+from its first batch (repeating the steps already done) and overwrites its one checkpoint in
+place, so a kill during the write loses it; this module keeps both properties the issue needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import shutil
+import zipfile
+
+import keras
+
+from imdb_bert import artifacts
+
+STATE = "state.json"
+IDENTITY = "identity.json"
+HISTORY = "history.csv"
+BEST_MODEL = "best.keras"
+
+
+def work_dir(run_dir: str) -> str:
+    return run_dir.rstrip("/") + ".inprogress"
+
+
+def open_work_dir(folder: str, identity: dict, force: bool) -> dict | None:
+    """Create `folder` for a new run, or return the saved state of the unfinished run there.
+
+    An unfinished run for another config or other inputs is never thrown away silently: it is
+    refused unless `force` is set, which starts over.
+    """
+    if force and os.path.isdir(folder):
+        shutil.rmtree(folder)
+    saved_identity = None
+    if os.path.isdir(folder):
+        try:
+            with open(os.path.join(folder, IDENTITY), encoding="utf-8") as handle:
+                saved_identity = json.load(handle)
+        except (OSError, json.JSONDecodeError):
+            shutil.rmtree(folder)  # killed before it even recorded what it was for: nothing to keep
+    if saved_identity is not None:
+        if saved_identity != identity:
+            changed = artifacts.changed_values(saved_identity["config"], identity["config"]) or \
+                "the prepared data or vocabulary changed"
+            raise artifacts.StageError(
+                f"{folder} holds an unfinished run with other settings ({changed}): rerun with the same "
+                "config to resume it, or add --force to start over")
+        return read_state(folder)
+    os.makedirs(folder)
+    artifacts.write_json(os.path.join(folder, IDENTITY), identity)
+    return None
+
+
+def read_state(folder: str) -> dict | None:
+    """The last saved training state in `folder`, or None if it has none yet."""
+    try:
+        with open(os.path.join(folder, STATE), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def restore(model: keras.Model, folder: str, state: dict) -> None:
+    """Load the model and optimizer weights of `state` into a built, compiled `model`."""
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(folder, state["weights"]))
+    restored = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if restored != state["global_step"]:
+        raise artifacts.StageError(f"the checkpoint in {folder} is inconsistent (optimizer at step {restored}, "
+                                   f"state says {state['global_step']}): add --force to start over")
+
+
+def fit_plan(state: dict | None, epochs: int, steps_per_epoch: int) -> list[tuple[int, int, int]]:
+    """`(initial_epoch, epochs, steps_per_epoch)` for each `fit` call that finishes the run.
+
+    Resuming mid-epoch first runs only the steps that epoch still lacks, so no step is repeated
+    or skipped and the epoch numbering stays that of an uninterrupted run.
+    """
+    epoch, step = (state["epoch"], state["step"]) if state else (0, 0)
+    plan = []
+    if step and epoch < epochs:
+        plan.append((epoch, epoch + 1, steps_per_epoch - step))
+        epoch += 1
+    if epoch < epochs:
+        plan.append((epoch, epochs, steps_per_epoch))
+    return plan
+
+
+def trim_history(folder: str, epochs_done: int) -> list[dict]:
+    """Drop history rows of epochs the resumed run will redo; return the rows kept."""
+    path = os.path.join(folder, HISTORY)
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if int(row["epoch"]) < epochs_done]
+    if len(kept) != len(rows):
+        with open(path + ".tmp", "w", newline="", encoding="utf-8") as out:
+            if kept:
+                writer = csv.DictWriter(out, fieldnames=list(kept[0]))
+                writer.writeheader()
+                writer.writerows(kept)
+        os.replace(path + ".tmp", path)
+    return kept
+
+
+def best_validation_loss(folder: str, rows: list[dict]) -> float | None:
+    """The best `val_loss` so far, for `ModelCheckpoint`'s threshold, if `best.keras` is intact."""
+    path = os.path.join(folder, BEST_MODEL)
+    losses = [float(row["val_loss"]) for row in rows if row.get("val_loss")]
+    if not losses or not os.path.isfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.testzip() is None:
+                return min(losses)
+    except zipfile.BadZipFile:
+        pass
+    os.remove(path)  # killed while ModelCheckpoint wrote it; the next epoch writes a new one
+    return None
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Saves the model and optimizer weights and the position in training at each epoch end and
+    every `every_steps` steps, atomically. Put it after the logging callbacks, so an epoch's
+    history row is written before the state that says the epoch is done.
+
+    A non-finite loss is never saved; `nan_epoch` records the epoch where it appeared.
+    """
+
+    def __init__(self, folder: str, every_steps: int):
+        super().__init__()
+        self.folder, self.every_steps = folder, every_steps
+        self.epoch = self.step = 0
+        self.nan_epoch = None
+
+    def start_at(self, step: int) -> None:
+        """The next `fit` call begins `step` steps into its first epoch (a resumed epoch)."""
+        self.step = step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.every_steps and self.step % self.every_steps == 0 and _finite((logs or {}).get("loss")):
+            self._save(self.epoch, self.step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite((logs or {}).get("loss")):
+            self._save(epoch + 1, 0)
+        else:
+            self.nan_epoch = epoch
+        self.step = 0
+
+    def _save(self, epoch: int, step: int) -> None:
+        global_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        name = f"state-{global_step:09d}.weights.h5"
+        self.model.save_weights(os.path.join(self.folder, name))
+        artifacts.write_json(os.path.join(self.folder, STATE),
+                             {"epoch": epoch, "step": step, "global_step": global_step, "weights": name})
+        for old in glob.glob(os.path.join(self.folder, "state-*.weights.h5")):
+            if os.path.basename(old) != name:
+                os.remove(old)

@@ -1,0 +1,118 @@
+"""Re-runnable stages: up-to-date skips, --force, stale refusals, and training that resumes after
+being killed, all on the real stage scripts with the tiny preset."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, copy_data, one_line_error, run_stage, stage_command, stage_environment
+
+
+def manifest(data_dir, *parts):
+    with open(os.path.join(data_dir, *parts, "manifest.json")) as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def trained(built_data, tmp_path_factory):
+    """A copy of the built data with a finished tiny training run (short epochs)."""
+    data_dir = copy_data(built_data, tmp_path_factory.mktemp("trained"))
+    run_stage(["model_training.py"], data_dir, "steps_per_epoch=20")
+    return data_dir
+
+
+def test_rerunning_the_whole_pipeline_with_nothing_changed_does_nothing(trained):
+    before = manifest(trained, "runs", "tiny")
+    result = subprocess.run(stage_command(["./run_pipeline.sh"], trained, "steps_per_epoch=20"), cwd=ROOT,
+                            env=stage_environment(IMDB_BERT_URL="file:///nonexistent"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for stage in ["download", "data_prep", "tokeniser_build", "model_training"]:
+        assert f"{stage}: up to date" in result.stdout, stage
+    assert "Epoch 1" not in result.stdout
+    assert manifest(trained, "runs", "tiny")["written_at"] == before["written_at"]
+
+
+def test_force_redoes_an_up_to_date_stage(trained):
+    before = manifest(trained, "vocab")
+    again = run_stage(["tokeniser_build.py"], trained)
+    assert "up to date" in again.stdout
+    forced = run_stage(["tokeniser_build.py", "--force"], trained)
+    assert "vocab size 1000" in forced.stdout
+    assert manifest(trained, "vocab")["fingerprint"] == before["fingerprint"]  # same inputs, same vocab
+
+
+def test_a_changed_value_rebuilds_that_stage_and_downstream_refuses_the_stale_output(built_data, tmp_path):
+    data_dir = copy_data(built_data, tmp_path)
+    rebuilt = run_stage(["tokeniser_build.py"], data_dir, "vocab_size=900")
+    assert "vocab size 900" in rebuilt.stdout
+    stale = run_stage(["model_training.py"], data_dir, check=False)
+    one_line_error(stale, "vocab is stale", "vocab_size 900 but config says 1000", "rerun python tokeniser_build.py")
+
+
+def test_new_prepared_data_makes_the_vocab_stale(built_data, tmp_path):
+    data_dir = copy_data(built_data, tmp_path)
+    run_stage(["data_prep.py"], data_dir, "split_seed=7")
+    old_split = run_stage(["tokeniser_build.py"], data_dir, check=False)
+    one_line_error(old_split, "prepared is stale", "split_seed 7 but config says 1234", "rerun python data_prep.py")
+    vocab_behind = run_stage(["model_training.py"], data_dir, "split_seed=7", check=False)
+    one_line_error(vocab_behind, "vocab is stale", "older prepared output", "rerun python tokeniser_build.py")
+
+
+def wait_for_mid_epoch_state(process, state_path, epoch, timeout=600):
+    """Poll the training state until it is `epoch` (0-based) with some steps done in it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        try:
+            with open(state_path) as handle:
+                state = json.load(handle)
+            if state["epoch"] == epoch and state["step"] > 0:
+                return state
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"training never checkpointed mid-epoch {epoch + 1} (exit code {process.poll()})")
+
+
+def test_training_killed_mid_epoch_resumes_without_losing_or_repeating_a_step(built_data, tmp_path):
+    data_dir = copy_data(built_data, tmp_path)
+    settings = ["steps_per_epoch=60", "checkpoint_every_steps=10"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(stage_command(["model_training.py"], data_dir, *settings), cwd=ROOT,
+                             env=stage_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    work = os.path.join(data_dir, "runs", "tiny.inprogress")
+    state = wait_for_mid_epoch_state(first, os.path.join(work, "state.json"), epoch=1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    log.close()
+    assert not os.path.exists(os.path.join(data_dir, "runs", "tiny"))   # nothing looks finished
+
+    other = run_stage(["model_training.py"], data_dir, *settings, "learning_rate=0.001", check=False)
+    one_line_error(other, "unfinished run with other settings", "learning_rate 0.003 -> 0.001", "--force")
+
+    resumed = run_stage(["model_training.py"], data_dir, *settings)
+    assert "resuming" in resumed.stdout and "at epoch 2, step" in resumed.stdout
+    assert resumed.stdout.count("Epoch ") == 2                       # the rest of epoch 2, then epoch 3
+    run_dir = os.path.join(data_dir, "runs", "tiny")
+    with open(os.path.join(run_dir, "history.csv")) as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == [0, 1, 2]
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert metrics["epochs"] == 3 and metrics["optimizer_steps"] == 3 * 60   # no step lost or repeated
+    assert state["global_step"] >= 60 + 10
+    for name in ["model.keras", "best.keras", "history.csv", "metrics.json", "manifest.json"]:
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    assert not os.path.exists(work)
+
+
+def test_nan_loss_stops_with_a_clear_message(built_data, tmp_path):
+    data_dir = copy_data(built_data, tmp_path)
+    result = run_stage(["model_training.py"], data_dir, "learning_rate=1e30", "warmup_steps=1",
+                       "steps_per_epoch=20", check=False)
+    one_line_error(result, "loss became NaN in epoch 1", "lower --set learning_rate")
+    assert not os.path.exists(os.path.join(data_dir, "runs", "tiny"))
