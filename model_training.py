@@ -121,8 +121,8 @@ def train(config, identity, force):
     mean_sequence = train_tokens / max(train_count, 1) + 2
     metrics = {
         "validation_masked_accuracy": final["masked_accuracy"],
-        "validation_masked_cross_entropy": final["masked_cross_entropy"],
-        "validation_perplexity": math.exp(final["masked_cross_entropy"]),
+        "validation_masked_cross_entropy": final["loss"],
+        "validation_perplexity": math.exp(final["loss"]),
         "validation_windows": validation_count,
         "train_masked_accuracy": float(history_rows[-1]["masked_accuracy"]),
         "all_positions_accuracy_original_style": copying_accuracy,

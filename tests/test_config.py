@@ -12,7 +12,7 @@ def test_gpu_preset_keeps_the_original_hyperparameters():
     gpu = config.make_config("gpu")
     assert (gpu.vocab_size, gpu.max_seq_len, gpu.batch_size, gpu.hidden_size, gpu.num_heads, gpu.ffn_size,
             gpu.num_layers, gpu.dropout, gpu.epochs, gpu.lr_schedule) == \
-        (30000, 256, 32, 256, 4, 512, 4, 0.1, 10, "transformer")
+        (30000, 256, 32, 256, 4, 512, 4, 0.0, 10, "transformer")
 
 
 def test_overrides_are_typed():

@@ -1,0 +1,209 @@
+"""Training throughput on this machine: our step against an original-style step, in one run.
+
+    python benchmark.py [--preset gpu] [--set mixed_precision=float32] [--steps 30]
+
+Needs the prepared data (./download.sh && python data_prep.py). It measures, on the real reviews:
+  1. vocabulary learning on the training split at the default cpu size and the preset's size;
+  2. the input pipeline alone (tokenise + window + mask + batch) in sequences/s;
+  3. our training step at the preset's shape (default: the gpu preset = the original's shape:
+     vocab 30000, 256-token windows, batch 32, hidden 256, 4 heads, FFN 512, 4 layers);
+  4. a reference step built the way the original project built it (key_dim = hidden size per
+     head, vocabulary logits and loss at every position, every review cut/padded to 256 tokens);
+  5. this machine's matmul peak (fp32 and bf16) and our model FLOPs utilisation (MFU);
+and prints one table. Steps are timed after warm-up on batches already in memory, so the model
+is measured alone; the pipeline is measured alone in (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import config as config_module
+from imdb_bert import artifacts, corpus, vocab
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak(dtype: str, size: int = 2048, repeats: int = 20) -> float:
+    """Best GFLOP/s of a square matmul chain on this machine, in `dtype`."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size), dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(tf.random.normal((size, size)), dtype)
+    multiply = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+    multiply(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        multiply(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
+def model_flops(real_lengths, masked: int, config, vocab_size: int, every_position: bool = False,
+                key_dim: int | None = None) -> float:
+    """Training FLOPs (forward + backward = 3x forward) of the matmuls for real tokens only.
+
+    Linear layers cost 2*params per token; attention 2*2*length*head_dims per token per layer; the
+    vocabulary projection runs at the masked positions (or every position, for the reference).
+    """
+    hidden, ffn, heads = config.hidden_size, config.ffn_size, config.num_heads
+    inner = (key_dim or hidden // heads) * heads
+    tokens = float(sum(real_lengths))
+    pairs = float(sum(length * length for length in real_lengths))
+    per_layer = 2 * tokens * (3 * hidden * inner + inner * hidden + 2 * hidden * ffn) + 2 * 2 * pairs * inner
+    scored = tokens if every_position else masked
+    head = 2 * scored * hidden * vocab_size + (0 if every_position else 2 * scored * hidden * hidden)
+    return 3 * (config.num_layers * per_layer + head)
+
+
+def reference_masked_lm(vocab_size: int, config):
+    """The original project's model, rebuilt from its README and the keras-io example it followed:
+    post-norm blocks with ReLU FFNs and dropout 0.1, attention with key_dim = hidden_size in each
+    head (4x the usual projection width), a softmax over the vocabulary at every position and a
+    loss over every token, Adam. Same shape as `config`."""
+    import keras
+    from keras import layers
+
+    ids = keras.Input((config.max_seq_len,), dtype="int32")
+    x = layers.Embedding(vocab_size, config.hidden_size)(ids)
+    x = x + layers.Embedding(config.max_seq_len, config.hidden_size)(keras.ops.arange(config.max_seq_len))
+    for _ in range(config.num_layers):
+        attended = layers.MultiHeadAttention(config.num_heads, key_dim=config.hidden_size)(x, x, x)
+        x = layers.LayerNormalization(epsilon=1e-6)(x + layers.Dropout(0.1)(attended))
+        ffn = layers.Dense(config.hidden_size)(layers.Dense(config.ffn_size, activation="relu")(x))
+        x = layers.LayerNormalization(epsilon=1e-6)(x + layers.Dropout(0.1)(ffn))
+    probabilities = layers.Dense(vocab_size, activation="softmax")(x)
+    model = keras.Model(ids, probabilities)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy()])
+    return model
+
+
+def time_steps(step, batches, repeats: int) -> float:
+    """Median seconds per step over `repeats` passes after one warm-up pass (traces every shape)."""
+    for batch in batches:
+        step(batch)
+    times = []
+    for _ in range(repeats):
+        for batch in batches:
+            started = time.perf_counter()
+            step(batch)
+            times.append(time.perf_counter() - started)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_module.add_config_arguments(parser)
+    parser.add_argument("--steps", type=int, default=24, help="distinct batches timed per model (default 24)")
+    parser.add_argument("--skip-vocab", action="store_true", help="skip the vocabulary-learning timings")
+    arguments = parser.parse_args()
+    if arguments.preset is None:
+        arguments.preset = "gpu"
+    config = config_module.config_from_args(arguments)
+    default_config = config_module.make_config("cpu")
+    print(config_module.describe(config))
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from imdb_bert import inputs, training
+    from imdb_bert import model as masked_lm
+
+    prepared = artifacts.prepared_dir(config.data_dir)
+    artifacts.read_manifest(prepared, "run: ./download.sh && python data_prep.py")
+    train_texts = corpus.split_texts(prepared, "train")
+    rows = []
+
+    # 1. Vocabulary learning (the preset's vocabulary is then used for everything below).
+    sizes = [config.vocab_size] if arguments.skip_vocab else sorted({default_config.vocab_size, config.vocab_size})
+    for size in sizes:
+        started = time.perf_counter()
+        tokens, _ = vocab.learn_vocabulary(train_texts, size, config.vocab_min_word_count)
+        seconds = time.perf_counter() - started
+        rows.append((f"vocab learning, target {size}", f"{seconds:.1f} s",
+                     f"{len(tokens)} tokens ({(len(tokens) - size) / size:+.2%})"))
+    tokenizer = vocab.make_tokenizer(tokens)
+    vocab_size = len(tokens)
+
+    # 2. The input pipeline alone, from the shards: tokenise, window, shuffle, bucket, mask.
+    precision = training.resolve_precision(config.mixed_precision)
+    keras.mixed_precision.set_global_policy(precision)
+    masker = inputs.make_masker(vocab_size, config)
+    uncached = inputs.window_dataset(prepared, "train", tokenizer, config.max_seq_len)
+    pipeline = inputs.training_dataset(uncached, masker, config, seed=config.seed)
+    started, sequences = time.perf_counter(), 0
+    for features, _, _ in pipeline.take(300):
+        sequences += int(features["input_ids"].shape[0])
+    pipeline_rate = sequences / (time.perf_counter() - started)   # first pass: tokenising as it goes
+
+    # Real batches in memory, and the share of their positions that are real tokens.
+    batches = [batch for batch in pipeline.take(arguments.steps)]
+    real = sum(int(tf.reduce_sum(tf.cast(f["input_ids"] != inputs.PAD_ID, tf.int32))) for f, _, _ in batches)
+    positions = sum(int(tf.size(f["input_ids"])) for f, _, _ in batches)
+    real_lengths = [int(n) for f, _, _ in batches
+                    for n in tf.reduce_sum(tf.cast(f["input_ids"] != inputs.PAD_ID, tf.int32), axis=1)]
+    masked = sum(int(tf.reduce_sum(w)) for _, _, w in batches)
+
+    # 3. Our step.
+    keras.utils.set_random_seed(config.seed)
+    model = masked_lm.build_masked_lm(vocab_size, config)
+    training.compile_masked_lm(model, config, total_steps=10_000)
+    before = rss_mb()
+    ours = time_steps(lambda batch: model.train_on_batch(*batch), batches, repeats=2)
+    ours_memory = rss_mb()
+    ours_tokens = real / len(batches) / ours
+    ours_flops = model_flops(real_lengths, masked, config, vocab_size) / len(batches) / ours
+    consumed = config.batch_size / ours
+
+    # 4. The reference step: every review cut/padded to max_seq_len, logits and loss everywhere.
+    keras.mixed_precision.set_global_policy("float32")
+    reference = reference_masked_lm(vocab_size, config)
+    reference_batches = []
+    for features, _, _ in batches[: max(4, len(batches) // 3)]:
+        ids = features["input_ids"].numpy()
+        padded = np.zeros((config.batch_size, config.max_seq_len), dtype=np.int32)
+        padded[:, : ids.shape[1]] = ids
+        reference_batches.append((padded, padded))   # labels at every position, padding included
+    reference_time = time_steps(lambda batch: reference.train_on_batch(*batch), reference_batches, repeats=1)
+    reference_tokens = config.batch_size * config.max_seq_len / reference_time   # every position counted
+    reference_memory = rss_mb()
+
+    # 5. Matmul peak and MFU.
+    peak32 = matmul_peak("float32")
+    peak16 = matmul_peak("bfloat16")
+    peak = peak16 if precision == "mixed_bfloat16" else peak32
+
+    rows += [
+        ("input pipeline (tokenise+window+mask)", f"{pipeline_rate:,.0f} seq/s",
+         f"{pipeline_rate / consumed:.1f}x what our step consumes ({consumed:,.0f} seq/s)"),
+        ("real-token share of positions", f"{real / positions:.1%}", f"{positions - real} padding of {positions}"),
+        (f"our step ({precision})", f"{ours * 1000:.0f} ms/step", f"{ours_tokens:,.0f} real tokens/s"),
+        ("reference step (float32)", f"{reference_time * 1000:.0f} ms/step",
+         f"{reference_tokens:,.0f} tokens/s (every position counted)"),
+        ("ours / reference", f"{ours_tokens / reference_tokens:.2f}x", "tokens/s"),
+        ("matmul peak float32 / bfloat16", f"{peak32:,.0f} / {peak16:,.0f} GFLOP/s", "2048x2048 matmul, best of 20"),
+        ("our model FLOP/s, MFU", f"{ours_flops / 1e9:,.0f} GFLOP/s",
+         f"MFU {ours_flops / 1e9 / peak:.0%} of the {('bfloat16' if peak is peak16 else 'float32')} peak, "
+         f"{ours_flops / 1e9 / peak32:.0%} of the float32 peak"),
+        ("peak memory (RSS)", f"{ours_memory:,.0f} MB", f"{before:,.0f} MB before our model; "
+                                                        f"{reference_memory:,.0f} MB after the reference"),
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    print(f"\nbenchmark: preset {config.preset}, vocab {vocab_size}, seq {config.max_seq_len}, batch "
+          f"{config.batch_size}, hidden {config.hidden_size}, {config.num_heads} heads, FFN {config.ffn_size}, "
+          f"{config.num_layers} layers, {len(batches)} real batches")
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>22}  {note}")
+
+
+if __name__ == "__main__":
+    artifacts.run_stage(main)
