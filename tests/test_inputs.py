@@ -65,13 +65,15 @@ def test_masking_statistics_over_a_large_sample(windows, tokens):
 
 def test_masked_slots_and_padding(windows, tokens, tiny_config):
     masker = inputs.make_masker(len(tokens), tiny_config)
-    short = tf.ragged.constant([[10, 11, 12, 13, 14, 15, 16, 17, 18, 19]], dtype=tf.int64)
+    short = tf.ragged.constant([list(range(10, 20)), list(range(10, 30))], dtype=tf.int64)
     features, labels, weights = masker(short)
-    assert features["input_ids"].shape == (1, 12)   # padded to the batch's longest window only
-    ids = features["input_ids"].numpy()[0]
-    assert ids[0] == inputs.CLS_ID and ids[11] == inputs.SEP_ID
-    assert weights.numpy().sum() == 2        # ceil(15% of 10 tokens)
-    assert features["masked_positions"].shape[1] == inputs.max_predictions(tiny_config.max_seq_len, 0.15)
+    assert features["input_ids"].shape == (2, 22)   # padded to the batch's longest window only
+    ids = features["input_ids"].numpy()
+    assert ids[0, 0] == inputs.CLS_ID and ids[0, 11] == inputs.SEP_ID and ids[0, 12] == inputs.PAD_ID
+    # ceil(15%) of 10 and of 20 tokens selected; slots padded to the batch's most selections only.
+    assert weights.numpy().tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert features["masked_positions"].shape == labels.shape == (2, 3)
+    assert features["masked_positions"].numpy()[0, 2] == 0 and labels.numpy()[0, 2] == 0
 
 
 def test_literal_mask_token_is_kept_whole(tokens):
