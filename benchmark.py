@@ -147,10 +147,10 @@ def main():
 
     # Real batches in memory, and the share of their positions that are real tokens.
     batches = [batch for batch in pipeline.take(arguments.steps)]
-    real = sum(int(tf.reduce_sum(tf.cast(f["input_ids"] != inputs.PAD_ID, tf.int32))) for f, _, _ in batches)
-    positions = sum(int(tf.size(f["input_ids"])) for f, _, _ in batches)
     real_lengths = [int(n) for f, _, _ in batches
                     for n in tf.reduce_sum(tf.cast(f["input_ids"] != inputs.PAD_ID, tf.int32), axis=1)]
+    real = sum(real_lengths)
+    positions = sum(int(tf.size(f["input_ids"])) for f, _, _ in batches)
     masked = sum(int(tf.reduce_sum(w)) for _, _, w in batches)
 
     # 3. Our step.

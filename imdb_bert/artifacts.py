@@ -135,27 +135,22 @@ def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
     return manifest
 
 
-def up_to_date(folder: str, identity: dict) -> dict | None:
-    """The manifest of `folder` if it was built with exactly `identity` and its files are all
-    there with their recorded sizes; else None (the stage must run)."""
+def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
+    """True (after saying so) when `force` is off and `folder` was built with exactly `identity`
+    and still has all its files with their recorded sizes; else False (the stage must run)."""
+    if force:
+        return False
     try:
         with open(os.path.join(folder, MANIFEST), encoding="utf-8") as handle:
             manifest = json.load(handle)
     except (OSError, json.JSONDecodeError):
-        return None
+        return False
     if manifest.get("config") != identity["config"] or manifest.get("inputs") != identity["inputs"]:
-        return None
+        return False
     for name, size in manifest.get("files", {}).items():
         path = os.path.join(folder, name)
         if not os.path.isfile(path) or os.path.getsize(path) != size:
-            return None
-    return manifest
-
-
-def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
-    """True (after saying so) when `folder` is current and `force` is off."""
-    if force or up_to_date(folder, identity) is None:
-        return False
+            return False
     print(f"{stage}: up to date — {folder} was built from the same inputs and config (--force redoes it)")
     return True
 
