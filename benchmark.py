@@ -1,6 +1,6 @@
 """Training throughput on this machine: our step against an original-style step, in one run.
 
-    python benchmark.py [--preset gpu] [--set mixed_precision=float32] [--steps 30]
+    python benchmark.py [--preset gpu] [--set mixed_precision=float32] [--steps 24] [--rounds 3]
 
 Needs the prepared data (./download.sh && python data_prep.py). It measures, on the real reviews:
   1. vocabulary learning on the training split at the default cpu size and the preset's size;
@@ -85,24 +85,29 @@ def reference_masked_lm(vocab_size: int, config):
     return model
 
 
-def time_steps(step, batches, repeats: int) -> float:
-    """Median seconds per step over `repeats` passes after one warm-up pass (traces every shape)."""
-    for batch in batches:
-        step(batch)
-    times = []
-    for _ in range(repeats):
-        for batch in batches:
-            started = time.perf_counter()
-            step(batch)
-            times.append(time.perf_counter() - started)
-    times.sort()
-    return times[len(times) // 2]
+def time_alternating(runs: dict, rounds: int) -> dict:
+    """Median seconds per step of each `name: (step, batches)`, timed in alternating rounds.
+
+    Call it after a warm-up pass of each (which traces every shape). In each of the `rounds` rounds
+    every model runs all its batches in turn: a shared machine that slows down for a while slows
+    both sides alike, so the ratio does not depend on which model ran during the slow stretch.
+    """
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (step, batches) in runs.items():
+            for batch in batches:
+                started = time.perf_counter()
+                step(batch)
+                times[name].append(time.perf_counter() - started)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_module.add_config_arguments(parser)
     parser.add_argument("--steps", type=int, default=24, help="distinct batches timed per model (default 24)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating timing rounds of both models after warm-up (default 3)")
     parser.add_argument("--skip-vocab", action="store_true", help="skip the vocabulary-learning timings")
     arguments = parser.parse_args()
     if arguments.preset is None:
@@ -153,18 +158,15 @@ def main():
     positions = sum(int(tf.size(f["input_ids"])) for f, _, _ in batches)
     masked = sum(int(tf.reduce_sum(w)) for _, _, w in batches)
 
-    # 3. Our step.
+    # 3. Our step, and 4. the reference step: every review cut/padded to max_seq_len, logits and
+    # loss everywhere. Built one after the other (each under its own dtype policy), timed alternately.
     keras.utils.set_random_seed(config.seed)
     model = masked_lm.build_masked_lm(vocab_size, config)
     training.compile_masked_lm(model, config, total_steps=10_000)
     before = rss_mb()
-    ours = time_steps(lambda batch: model.train_on_batch(*batch), batches, repeats=2)
+    for batch in batches:   # warm-up
+        model.train_on_batch(*batch)
     ours_memory = rss_mb()
-    ours_tokens = real / len(batches) / ours
-    ours_flops = model_flops(real_lengths, masked, config, vocab_size) / len(batches) / ours
-    consumed = config.batch_size / ours
-
-    # 4. The reference step: every review cut/padded to max_seq_len, logits and loss everywhere.
     keras.mixed_precision.set_global_policy("float32")
     reference = reference_masked_lm(vocab_size, config)
     reference_batches = []
@@ -173,9 +175,17 @@ def main():
         padded = np.zeros((config.batch_size, config.max_seq_len), dtype=np.int32)
         padded[:, : ids.shape[1]] = ids
         reference_batches.append((padded, padded))   # labels at every position, padding included
-    reference_time = time_steps(lambda batch: reference.train_on_batch(*batch), reference_batches, repeats=1)
-    reference_tokens = config.batch_size * config.max_seq_len / reference_time   # every position counted
+    for batch in reference_batches:   # warm-up
+        reference.train_on_batch(*batch)
+    medians = time_alternating({"ours": (lambda batch: model.train_on_batch(*batch), batches),
+                                "reference": (lambda batch: reference.train_on_batch(*batch), reference_batches)},
+                               rounds=arguments.rounds)
+    ours, reference_time = medians["ours"], medians["reference"]
     reference_memory = rss_mb()
+    ours_tokens = real / len(batches) / ours
+    ours_flops = model_flops(real_lengths, masked, config, vocab_size) / len(batches) / ours
+    consumed = config.batch_size / ours
+    reference_tokens = config.batch_size * config.max_seq_len / reference_time   # every position counted
 
     # 5. Matmul peak and MFU.
     peak32 = matmul_peak("float32")
@@ -194,7 +204,7 @@ def main():
         ("our model FLOP/s, MFU", f"{ours_flops / 1e9:,.0f} GFLOP/s",
          f"MFU {ours_flops / 1e9 / peak:.0%} of the {('bfloat16' if peak is peak16 else 'float32')} peak, "
          f"{ours_flops / 1e9 / peak32:.0%} of the float32 peak"),
-        ("peak memory (RSS)", f"{ours_memory:,.0f} MB", f"{before:,.0f} MB before our model; "
+        ("peak memory (RSS)", f"{ours_memory:,.0f} MB", f"{before:,.0f} MB before our model trained; "
                                                         f"{reference_memory:,.0f} MB after the reference"),
     ]
     width = max(len(name) for name, _, _ in rows)
