@@ -84,6 +84,12 @@ class Config:
     seed: int = 42
     checkpoint_every_steps: int = 200 # besides every epoch end; an interrupted run resumes from the last one
 
+    # Stage 5 (optional): sentiment fine-tuning of the pretrained encoder (classifier_training.py).
+    classifier_epochs: int = 2
+    classifier_learning_rate: float = 5e-4   # peak, linear warm-up over 10% of the steps then cosine decay
+    classifier_max_windows: int = 4   # a review is read as up to this many max_seq_len windows
+    classifier_dropout: float = 0.1
+
     # Probing after each epoch.
     probe_phrases: tuple = ("i have watched this [MASK] and it was awesome",)
     top_k: int = 5
@@ -95,14 +101,15 @@ class Config:
     def validate(self) -> None:
         """Raise ValueError naming the first value that cannot work."""
         positive = ["num_shards", "vocab_size", "max_seq_len", "hidden_size", "num_heads",
-                    "ffn_size", "num_layers", "batch_size", "epochs", "top_k"]
+                    "ffn_size", "num_layers", "batch_size", "epochs", "top_k", "classifier_epochs",
+                    "classifier_max_windows", "classifier_learning_rate"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ["validation_fraction", "mask_rate"]:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
-        for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay"]:
+        for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay", "classifier_dropout"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.mask_token_rate + self.random_token_rate > 1.0:
@@ -143,11 +150,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu": dict(vocab_size=30000, max_seq_len=256, batch_size=32, hidden_size=256, num_heads=4,
                 ffn_size=512, num_layers=4, dropout=0.0, norm_position="post", epochs=10,
                 lr_schedule="transformer", warmup_steps=4000, learning_rate=1.0, weight_decay=0.0,
-                steps_per_epoch=0, validation_batches=0),
+                steps_per_epoch=0, validation_batches=0, classifier_epochs=3, classifier_max_windows=2,
+                classifier_learning_rate=1e-4),
     "cpu": dict(),
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
                  num_layers=2, batch_size=16, epochs=3, warmup_steps=20, learning_rate=3e-3,
-                 num_shards=2, validation_fraction=0.2, steps_per_epoch=0, validation_batches=0),
+                 num_shards=2, validation_fraction=0.2, steps_per_epoch=0, validation_batches=0,
+                 classifier_epochs=2, classifier_max_windows=2, classifier_learning_rate=1e-3),
 }
 
 
@@ -216,23 +225,28 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return make_config(args.preset or default_preset(), overrides)
 
 
-def load_stage_config(description: str, shorthands: tuple[str, ...] = ()) -> tuple[Config, bool]:
+def load_stage_config(description: str, shorthands: tuple[str, ...] = (),
+                      flags: dict[str, str] | None = None) -> tuple[Config, argparse.Namespace]:
     """Parse a stage's `--preset` / `--set` / `--force` arguments, print the values it will use,
-    and return them with the `--force` flag (redo the stage even if its output is up to date).
+    and return them with the parsed options (`options.force`: redo the stage even if its output
+    is up to date).
 
     Each name in `shorthands` also gets its own flag: `--source tfds` means `--set source=tfds`.
+    `flags` maps extra on/off options of the stage (`compare-scratch`) to their help.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--force", action="store_true", help="redo the stage even if its output is up to date")
     for name in shorthands:
         parser.add_argument(f"--{name}", help=f"same as --set {name}=VALUE")
+    for name, help_text in (flags or {}).items():
+        parser.add_argument(f"--{name}", action="store_true", help=help_text)
     arguments = parser.parse_args()
     arguments.overrides += [f"{name}={getattr(arguments, name)}" for name in shorthands
                             if getattr(arguments, name) is not None]
     config = config_from_args(arguments)
     print(describe(config))
-    return config, arguments.force
+    return config, arguments
 
 
 def describe(config: Config) -> str:

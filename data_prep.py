@@ -14,11 +14,11 @@ from imdb_bert import artifacts, corpus
 
 
 def main():
-    config, force = config_module.load_stage_config(__doc__, shorthands=("source",))
+    config, options = config_module.load_stage_config(__doc__, shorthands=("source",))
     source, raw_folder, raw_manifest = corpus.find_raw(config)
     identity = artifacts.stage_identity(config, artifacts.DATA_PREP_KEYS, {"raw": raw_manifest["fingerprint"]})
     output = artifacts.prepared_dir(config.data_dir)
-    if artifacts.skip_if_up_to_date("data_prep", output, identity, force):
+    if artifacts.skip_if_up_to_date("data_prep", output, identity, options.force):
         return
     started = time.time()
 

@@ -4,7 +4,8 @@
 
 Reads <data_dir>/prepared and <data_dir>/vocab/vocab.txt; trains in <run_dir>.inprogress/ and, when
 done, writes <runs_dir>/<run_name or preset>/ with model.keras (last epoch), best.keras (best
-validation loss), vocab.txt, config.json, history.csv, metrics.json and manifest.json.
+validation loss), vocab.txt, config.json, history.csv, metrics.json, fill_mask_export/ (a SavedModel
+that fills [MASK]s in raw strings; serve it with predict.py) and manifest.json.
 After each epoch it prints the top-k fills of the probe phrases; metrics count masked positions only.
 
 A killed run resumes from its last checkpoint (every epoch and every checkpoint_every_steps steps)
@@ -23,7 +24,7 @@ from imdb_bert import artifacts, corpus, vocab
 
 
 def main():
-    config, force = config_module.load_stage_config(__doc__)
+    config, options = config_module.load_stage_config(__doc__)
     prepared = artifacts.prepared_dir(config.data_dir)
     prepared_manifest = artifacts.read_current(prepared, "data_prep", config, artifacts.DATA_PREP_KEYS,
                                                corpus.current_raw_inputs(config))
@@ -32,9 +33,9 @@ def main():
     identity = artifacts.stage_identity(config, artifacts.training_keys(config),
                                         {"prepared": prepared_manifest["fingerprint"],
                                          "vocab": vocab_manifest["fingerprint"]})
-    if artifacts.skip_if_up_to_date("model_training", config.run_dir, identity, force):
+    if artifacts.skip_if_up_to_date("model_training", config.run_dir, identity, options.force):
         return
-    train(config, identity, force)
+    train(config, identity, options.force)
 
 
 def train(config, identity, force):
@@ -43,7 +44,7 @@ def train(config, identity, force):
 
     import keras
 
-    from imdb_bert import inputs, probe, resume, training
+    from imdb_bert import export, inputs, probe, resume, training
     from imdb_bert import model as masked_lm
 
     # Length-grouped validation batches have no known count, so Keras "runs out of data" at the end
@@ -142,6 +143,8 @@ def train(config, identity, force):
         shutil.copy(artifacts.vocab_path(config.data_dir), os.path.join(folder, "vocab.txt"))
         artifacts.write_json(os.path.join(folder, "config.json"), config.as_dict())
         artifacts.write_json(os.path.join(folder, "metrics.json"), metrics)
+        export.save(export.FillMaskExport(model, tokens, config.max_seq_len, config.top_k), "fill_mask",
+                    os.path.join(folder, "fill_mask_export"), max_seq_len=config.max_seq_len, top_k=config.top_k)
         artifacts.write_manifest(folder, "model_training", identity, vocab_size=len(tokens),
                                  train_windows=train_count, validation_windows=validation_count)
     shutil.rmtree(work)

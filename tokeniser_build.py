@@ -15,13 +15,13 @@ from imdb_bert import artifacts, corpus, vocab
 
 
 def main():
-    config, force = config_module.load_stage_config(__doc__)
+    config, options = config_module.load_stage_config(__doc__)
     prepared = artifacts.prepared_dir(config.data_dir)
     prepared_manifest = artifacts.read_current(prepared, "data_prep", config, artifacts.DATA_PREP_KEYS,
                                                corpus.current_raw_inputs(config))
     identity = artifacts.stage_identity(config, artifacts.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
     output = artifacts.vocab_dir(config.data_dir)
-    if artifacts.skip_if_up_to_date("tokeniser_build", output, identity, force):
+    if artifacts.skip_if_up_to_date("tokeniser_build", output, identity, options.force):
         return
 
     train_texts = corpus.split_texts(prepared, "train")

@@ -9,7 +9,6 @@ cached after tokenisation, and masking runs after the cache, so every epoch sees
 from __future__ import annotations
 
 import math
-import re
 
 import tensorflow as tf
 import tensorflow_text as text
@@ -26,14 +25,20 @@ def max_predictions(max_seq_len: int, mask_rate: float) -> int:
     return math.ceil((max_seq_len - 2) * mask_rate)
 
 
-def split_into_windows(token_ids: tf.RaggedTensor, window: int) -> tf.RaggedTensor:
+def window_counts(lengths: tf.Tensor, window: int, keep_empty: bool = False) -> tf.Tensor:
+    """How many windows of <= `window` tokens each row of `lengths` tokens is cut into."""
+    counts = (lengths + window - 1) // window
+    return tf.maximum(counts, 1) if keep_empty else counts
+
+
+def split_into_windows(token_ids: tf.RaggedTensor, window: int, keep_empty: bool = False) -> tf.RaggedTensor:
     """Cut each row of `token_ids` [reviews, (tokens)] into near-equal windows of <= `window` tokens.
 
     Returns [windows, (tokens)]; every token appears in exactly one window, in order. Empty
-    rows give no window.
+    rows give no window, or one empty window with `keep_empty`.
     """
     lengths = token_ids.row_lengths()
-    counts = (lengths + window - 1) // window
+    counts = window_counts(lengths, window, keep_empty)
     index = tf.ragged.range(counts)                                      # [reviews, (windows)]
     per_row_lengths = tf.expand_dims(lengths, 1)
     per_row_counts = tf.expand_dims(tf.maximum(counts, 1), 1)
@@ -150,17 +155,39 @@ def validation_dataset(windows: tf.data.Dataset, vocab_size: int, config) -> tf.
             .prefetch(tf.data.AUTOTUNE))
 
 
-def encode_with_masks(tokenizer, phrase: str) -> list[int]:
-    """`[CLS] phrase [SEP]` ids, with each literal `[MASK]` kept as the mask token.
+def encode_phrases(tokenizer, phrases: tf.Tensor) -> tf.RaggedTensor:
+    """`[CLS] phrase [SEP]` ids [phrases, (ids)] of a batch of strings, each literal `[MASK]` kept as
+    the mask token (any letter case). Pure TensorFlow, so an exported model can run it on raw strings.
 
-    `BertTokenizer` would split a literal "[MASK]" into "[", "mask", "]", so the phrase is split
-    on it first and the pieces are tokenised separately.
+    `BertTokenizer` would split a literal "[MASK]" into "[", "mask", "]", so each phrase is split
+    on it first, the pieces are tokenised, and the mask id is put back between them.
     """
-    pieces = re.split(re.escape(MASK), phrase, flags=re.IGNORECASE)
-    piece_ids = tokenize_reviews(tokenizer, tf.constant(pieces)).to_list()
-    ids = [CLS_ID]
-    for index, piece in enumerate(piece_ids):
-        if index:
-            ids.append(MASK_ID)
-        ids.extend(piece)
-    return ids + [SEP_ID]
+    phrases = tf.strings.regex_replace(phrases, r"(?i)\[mask\]", MASK)
+    pieces = tf.strings.split(phrases, MASK)                                   # [phrases, (pieces)]
+    piece_ids = tf.cast(tokenize_reviews(tokenizer, pieces.flat_values), tf.int32)
+    mask_after = tf.fill(tf.stack([piece_ids.nrows(), 1]), MASK_ID)
+    piece_ids = tf.concat([piece_ids, mask_after], axis=1)                     # every piece + [MASK]
+    ids = tf.RaggedTensor.from_row_lengths(piece_ids, pieces.row_lengths()).merge_dims(1, 2)
+    lengths = ids.row_lengths()
+    before_last = tf.ragged.range(lengths) < tf.expand_dims(lengths - 1, 1)   # drop the last piece's [MASK]
+    ids, _ = text.combine_segments([tf.ragged.boolean_mask(ids, before_last)],
+                                   start_of_sequence_id=CLS_ID, end_of_segment_id=SEP_ID)
+    return tf.cast(ids, tf.int32)
+
+
+def encode_with_masks(tokenizer, phrase: str) -> list[int]:
+    """`[CLS] phrase [SEP]` ids of one phrase, with each literal `[MASK]` kept as the mask token."""
+    return encode_phrases(tokenizer, tf.constant([phrase]))[0].numpy().tolist()
+
+
+def review_windows(tokenizer, texts: tf.Tensor, max_seq_len: int, max_windows: int) -> tf.RaggedTensor:
+    """`[CLS] window [SEP]` ids [reviews, (windows), (ids)] of a batch of reviews, for classifying.
+
+    Reviews are cut into windows the way pretraining cut them; a review longer than `max_windows`
+    windows is read up to there. An empty review gives one `[CLS] [SEP]` window.
+    """
+    token_ids = tokenize_reviews(tokenizer, texts)
+    windows = split_into_windows(token_ids, max_seq_len - 2, keep_empty=True)
+    ids, _ = text.combine_segments([windows], start_of_sequence_id=CLS_ID, end_of_segment_id=SEP_ID)
+    counts = window_counts(token_ids.row_lengths(), max_seq_len - 2, keep_empty=True)
+    return tf.cast(tf.RaggedTensor.from_row_lengths(ids, counts)[:, :max_windows], tf.int32)

@@ -19,7 +19,7 @@ from imdb_bert.vocab import MASK
 _MASK_PATTERN = re.compile(re.escape(MASK), re.IGNORECASE)
 
 
-def _fill(phrase: str, mask_index: int, token: str) -> str:
+def fill_phrase(phrase: str, mask_index: int, token: str) -> str:
     """`phrase` with its `mask_index`-th [MASK] replaced by `token` (a ##piece joins the word before)."""
     parts = _MASK_PATTERN.split(phrase)
     before = MASK.join(parts[:mask_index + 1])
@@ -44,7 +44,7 @@ def top_k_fills(model, tokenizer, tokens: list[str], phrase: str, top_k: int, ma
     for mask_index, row in enumerate(probabilities):
         for token_id in np.argsort(-row)[:top_k]:
             token = tokens[token_id]
-            fill = {"input_text": phrase, "prediction": _fill(phrase, mask_index, token),
+            fill = {"input_text": phrase, "prediction": fill_phrase(phrase, mask_index, token),
                     "probability": round(float(row[token_id]), 6), "predicted mask token": token}
             if len(positions) > 1:
                 fill["mask_index"] = mask_index
@@ -69,8 +69,8 @@ class ProbeCallback(keras.callbacks.Callback):
 
 
 def load_model(path: str) -> keras.Model:
-    """A saved masked-LM `.keras` file, with our layers and schedules registered first."""
-    from imdb_bert import model as _layers, training as _schedules  # noqa: F401  (registration)
+    """A saved `.keras` file of ours (masked LM or classifier), with our layers and schedules registered."""
+    from imdb_bert import classifier, model, training  # noqa: F401  (importing registers them)
 
     return keras.saving.load_model(path)
 

@@ -104,6 +104,13 @@ def built_data(tmp_path_factory, fixture_reviews):
     return data_dir, outputs
 
 
+@pytest.fixture(scope="session")
+def trained_run(built_data):
+    """`built_data` after model_training.py (tiny preset): (data_dir, outputs of every stage so far)."""
+    data_dir, outputs = built_data
+    return data_dir, dict(outputs, **{"model_training.py": run_stage(["model_training.py"], data_dir)})
+
+
 def copy_data(built_data, destination) -> str:
     """A private copy of the built data folder (without training runs) under `destination`."""
     data_dir = os.path.join(str(destination), "data")

@@ -13,10 +13,8 @@ PROBE = "i have watched this [MASK] and it was awesome"
 
 
 @pytest.fixture(scope="module")
-def pipeline(built_data):
-    data_dir, outputs = built_data
-    outputs = dict(outputs, **{"model_training.py": run_stage(["model_training.py"], data_dir)})
-    return data_dir, outputs
+def pipeline(trained_run):
+    return trained_run
 
 
 def test_stage_outputs_and_manifests(pipeline):
@@ -29,7 +27,7 @@ def test_stage_outputs_and_manifests(pipeline):
     assert "[UNK] rate on validation" in outputs["tokeniser_build.py"].stdout
     run_dir = os.path.join(data_dir, "runs", "tiny")
     for name in ["model.keras", "best.keras", "vocab.txt", "config.json", "history.csv", "metrics.json",
-                 "manifest.json"]:
+                 "manifest.json", "fill_mask_export/export.json", "fill_mask_export/saved_model.pb"]:
         assert os.path.isfile(os.path.join(run_dir, name)), name
     assert os.listdir(os.path.join(data_dir, "runs")) == ["tiny"]   # no partial or in-progress folder left
     for output in outputs.values():

@@ -1,0 +1,133 @@
+"""Stage 5 (optional): fine-tune the pretrained encoder to tell positive from negative reviews.
+
+    python classifier_training.py [--preset P] [--set classifier_epochs=3] [--compare-scratch] [--force]
+
+Reads the finished run folder of model_training.py (<runs_dir>/<run_name or preset>) and the
+labelled reviews of data/prepared: trains on the train split, evaluates on the validation split,
+which pretraining never trained on. Writes <run_dir>/classifier/ with classifier.keras,
+metrics.json (accuracy, loss and confusion matrix on the held-out reviews), history.csv,
+sentiment_export/ (a SavedModel that classifies raw strings; serve it with predict.py) and
+manifest.json.
+
+--compare-scratch also trains the same architecture from random weights with the same budget, and
+a bag-of-words logistic regression (TF-IDF of words and word pairs), on the same split, so the
+metrics show what pretraining buys.
+"""
+
+import json
+import os
+
+import config as config_module
+from imdb_bert import artifacts, corpus, vocab
+
+CLASSIFIER_FOLDER = "classifier"
+
+
+def main():
+    config, options = config_module.load_stage_config(__doc__, flags={
+        "compare-scratch": "also train the same architecture from scratch and a bag-of-words baseline"})
+    compare = options.compare_scratch
+    prepared = artifacts.prepared_dir(config.data_dir)
+    prepared_manifest = artifacts.read_current(prepared, "data_prep", config, artifacts.DATA_PREP_KEYS,
+                                               corpus.current_raw_inputs(config))
+    vocab_manifest = artifacts.read_current(artifacts.vocab_dir(config.data_dir), "tokeniser_build", config,
+                                            artifacts.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
+    run_manifest = artifacts.read_current(config.run_dir, "model_training", config, artifacts.training_keys(config),
+                                          {"prepared": prepared_manifest["fingerprint"],
+                                           "vocab": vocab_manifest["fingerprint"]})
+    identity = artifacts.stage_identity(config, artifacts.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
+    identity["config"]["compare_scratch"] = compare   # a comparison run has more to show
+    folder = os.path.join(config.run_dir, CLASSIFIER_FOLDER)
+    if artifacts.skip_if_up_to_date("classifier_training", folder, identity, options.force):
+        return
+    train(config, identity, folder, compare)
+
+
+def train(config, identity, folder, compare):
+    import warnings
+
+    import keras
+
+    from imdb_bert import classifier, export, probe, training
+    from imdb_bert import model as masked_lm
+
+    # Length-grouped batches have no known count, so every pass "runs out of data" by design; the
+    # encoder's vocabulary bias belongs to the masked-LM head and rightly gets no gradient here.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    warnings.filterwarnings("ignore", message="Gradients do not exist for variables .*output_bias")
+    prepared = artifacts.prepared_dir(config.data_dir)
+    tokens = vocab.read_vocabulary(os.path.join(config.run_dir, "vocab.txt"))
+    tokenizer = vocab.make_tokenizer(tokens)
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(training.resolve_precision(config.mixed_precision))
+
+    train_windows = classifier.window_dataset(classifier.labelled_reviews(prepared, "train"), tokenizer, config)
+    held_out_windows = classifier.window_dataset(classifier.labelled_reviews(prepared, "validation"),
+                                                 tokenizer, config)
+    train_count = sum(1 for _ in train_windows)
+    held_out_count = sum(1 for _ in held_out_windows)
+    if train_count == 0 or held_out_count == 0:
+        raise artifacts.StageError(f"no labelled reviews in the {'train' if not train_count else 'validation'} "
+                                   "split: the classifier needs labelled data (source package, official or tfds)")
+    print(f"classifier_training: {train_count} labelled training reviews, {held_out_count} held-out reviews "
+          f"(the validation split), up to {config.classifier_max_windows} windows of {config.max_seq_len} each")
+    train_data = classifier.batches(train_windows, config, shuffle_seed=config.seed)
+    held_out = classifier.batches(held_out_windows, config)
+    steps_per_epoch = sum(1 for _ in train_data)
+    total_steps = steps_per_epoch * config.classifier_epochs
+
+    def fine_tune(name, encoder, work):
+        model = classifier.build_classifier(encoder, config)
+        classifier.compile_classifier(model, config.classifier_learning_rate, total_steps)
+        print(f"classifier_training: {name}: {config.classifier_epochs} epochs x {steps_per_epoch} steps")
+        model.fit(train_data, validation_data=held_out, epochs=config.classifier_epochs, verbose=2, shuffle=False,
+                  callbacks=[keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv"))])
+        result = classifier.evaluate(model, held_out)
+        print(f"classifier_training: {name}: held-out accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
+        return model, result
+
+    with artifacts.atomic_dir(folder) as work:
+        pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
+        model, results = fine_tune("pretrained", classifier.encoder_of(pretrained), work)
+        metrics = {"held_out": "validation split of data/prepared (labelled reviews only)",
+                   "train_reviews": train_count, "held_out_reviews": held_out_count,
+                   "epochs": config.classifier_epochs, "steps": total_steps,
+                   "fine_tuned_pretrained": results}
+        if compare:
+            keras.utils.set_random_seed(config.seed)
+            scratch_encoder = classifier.encoder_of(masked_lm.build_masked_lm(len(tokens), config))
+            metrics["same_architecture_from_scratch"] = fine_tune("scratch", scratch_encoder, work)[1]
+            metrics["bag_of_words_logistic_regression"] = bag_of_words(prepared, config)
+        model.save(os.path.join(work, "classifier.keras"))
+        export.save(export.ClassifyExport(model, tokens, config.max_seq_len, config.classifier_max_windows),
+                    "classify", os.path.join(work, "sentiment_export"),
+                    max_seq_len=config.max_seq_len, max_windows=config.classifier_max_windows)
+        artifacts.write_json(os.path.join(work, "metrics.json"), metrics)
+        artifacts.write_manifest(work, "classifier_training", identity)
+
+    print("classifier_training: held-out accuracy (same reviews for every model):")
+    for name, result in metrics.items():
+        if isinstance(result, dict) and "accuracy" in result:
+            (tn, fp), (fn, tp) = result["confusion_matrix"]["counts"]
+            print(f"  {name:<36} {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+                  f"confusion [true neg: {tn} right, {fp} wrong; true pos: {tp} right, {fn} wrong]")
+    print(f"classifier_training: -> {folder}")
+    print(json.dumps(metrics))
+
+
+def bag_of_words(prepared, config) -> dict:
+    """Fit and evaluate the TF-IDF logistic regression on the same split."""
+    from imdb_bert import classifier
+
+    train_reviews = classifier.labelled_reviews(prepared, "train").cache()
+    model = classifier.bag_of_words_model(train_reviews.map(lambda text, label: text))
+    held_out = classifier.labelled_reviews(prepared, "validation").batch(256)
+    print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression")
+    model.fit(train_reviews.shuffle(25_000, seed=config.seed).batch(64), epochs=4, verbose=2, shuffle=False)
+    result = classifier.evaluate(model, held_out)
+    print(f"classifier_training: bag of words: held-out accuracy {result['accuracy']:.4f}")
+    return result
+
+
+if __name__ == "__main__":
+    artifacts.run_stage(main)

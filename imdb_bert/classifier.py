@@ -1,0 +1,135 @@
+"""Sentiment classification on top of the pretrained encoder, and a bag-of-words baseline.
+
+A review is read whole (up to `classifier_max_windows` windows of `max_seq_len`, cut as in
+pretraining): the encoder runs on every window, the hidden states of all real tokens of the
+review are averaged, and one logit says positive (> 0) or negative. Averaging tokens, not a
+`[CLS]` vector, because pretraining (masked LM only) never taught `[CLS]` anything.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from imdb_bert import corpus, inputs
+
+
+def labelled_reviews(prepared: str, split: str) -> tf.data.Dataset:
+    """(text, label) pairs of one split's labelled reviews (unlabelled ones are skipped)."""
+    return (corpus.load_split(prepared, split)
+            .filter(lambda example: example["label"] >= 0)
+            .map(lambda example: (example["text"], example["label"])))
+
+
+def window_dataset(reviews: tf.data.Dataset, tokenizer, config) -> tf.data.Dataset:
+    """(windows [w, s] int32, label) per review, tokenised once and cached."""
+    def to_windows(texts, labels):
+        windows = inputs.review_windows(tokenizer, texts, config.max_seq_len, config.classifier_max_windows)
+        return windows, labels
+
+    return (reviews.batch(256)
+            .map(to_windows, num_parallel_calls=tf.data.AUTOTUNE)
+            .unbatch()
+            .map(lambda windows, label: (windows.to_tensor(default_value=inputs.PAD_ID), label))
+            .cache())
+
+
+def batches(windows: tf.data.Dataset, config, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Batches of `batch_size` reviews of similar length (padded to [reviews, windows, ids]);
+    shuffled each epoch when `shuffle_seed` is given."""
+    if shuffle_seed is not None:
+        windows = windows.shuffle(25_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+    longest = config.classifier_max_windows * config.max_seq_len
+    boundaries = list(range(32, longest + 1, 32))
+    return (windows
+            .bucket_by_sequence_length(lambda review, label: tf.size(review), boundaries,
+                                       [config.batch_size] * (len(boundaries) + 1))
+            .prefetch(tf.data.AUTOTUNE))
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class FlattenWindows(layers.Layer):
+    """[reviews, windows, ids] -> [reviews * windows, ids], so the encoder sees plain sequences."""
+
+    def call(self, windows):
+        return ops.reshape(windows, (-1, ops.shape(windows)[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class MeanOverReview(layers.Layer):
+    """Mean of the hidden states of a review's real tokens, over all its windows -> [reviews, hidden]."""
+
+    def call(self, hidden, windows):
+        real = ops.cast(ops.not_equal(windows, inputs.PAD_ID), "float32")
+        real = ops.reshape(real, (ops.shape(windows)[0], -1, 1))                       # [reviews, w*s, 1]
+        hidden = ops.reshape(ops.cast(hidden, "float32"), (ops.shape(windows)[0], -1, ops.shape(hidden)[-1]))
+        return ops.sum(hidden * real, axis=1) / ops.maximum(ops.sum(real, axis=1), 1.0)
+
+    def compute_output_shape(self, hidden_shape, windows_shape):
+        return (windows_shape[0], hidden_shape[-1])
+
+
+def encoder_of(masked_lm: keras.Model) -> keras.Model:
+    """The encoder inside a masked-LM model: input_ids -> final hidden states (its weights, shared)."""
+    last = "final_norm" if "final_norm" in [layer.name for layer in masked_lm.layers] else None
+    if last is None:
+        last = [layer.name for layer in masked_lm.layers if layer.name.startswith("block_")][-1]
+    return keras.Model(masked_lm.input["input_ids"], masked_lm.get_layer(last).output, name="encoder")
+
+
+def build_classifier(encoder: keras.Model, config) -> keras.Model:
+    """Review windows [reviews, windows, ids] -> one sentiment logit per review (> 0: positive)."""
+    windows = keras.Input(shape=(None, None), dtype="int32", name="windows")
+    hidden = encoder(FlattenWindows(name="flatten_windows")(windows))
+    pooled = MeanOverReview(name="mean_over_review")(hidden, windows)
+    pooled = layers.Dropout(config.classifier_dropout, name="classifier_dropout")(pooled)
+    logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
+    return keras.Model(windows, ops.squeeze(logit, -1), name="sentiment_classifier")
+
+
+def compile_classifier(model: keras.Model, learning_rate: float, total_steps: int) -> None:
+    """AdamW with a 10% linear warm-up and cosine decay; binary cross-entropy on the logit."""
+    warmup = max(total_steps // 10, 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup,
+        decay_steps=max(total_steps - warmup, 1), alpha=0.0)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.01, clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embeddings", "positions"])
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
+
+
+def bag_of_words_model(train_texts: tf.data.Dataset, max_tokens: int = 30_000) -> keras.Model:
+    """Logistic regression on TF-IDF of words and word pairs (Keras `TextVectorization` + one Dense)."""
+    vectorizer = layers.TextVectorization(max_tokens=max_tokens, ngrams=2, output_mode="tf_idf",
+                                          name="tf_idf")
+    vectorizer.adapt(train_texts.batch(1024))
+    texts = keras.Input(shape=(), dtype="string", name="text")
+    logit = layers.Dense(1, kernel_regularizer=keras.regularizers.L2(1e-6), name="sentiment")(vectorizer(texts))
+    model = keras.Model(texts, ops.squeeze(logit, -1), name="bag_of_words")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
+    return model
+
+
+def evaluate(model: keras.Model, data: tf.data.Dataset) -> dict:
+    """Accuracy, mean loss and confusion matrix of a logit model on (inputs, label) batches.
+
+    The confusion matrix rows are the true labels (negative, positive), columns the predictions.
+    """
+    labels, logits = [], []
+    for features, label in data:
+        logits.append(keras.ops.convert_to_numpy(model(features, training=False)).reshape(-1))
+        labels.append(label.numpy().reshape(-1))
+    labels, logits = np.concatenate(labels), np.concatenate(logits).astype(np.float64)
+    predicted = (logits > 0).astype(np.int64)
+    # Binary cross-entropy from logits, computed stably.
+    loss = np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits))))
+    confusion = [[int(np.sum((labels == truth) & (predicted == guess))) for guess in (0, 1)] for truth in (0, 1)]
+    return {"accuracy": float(np.mean(predicted == labels)), "loss": float(loss), "reviews": int(labels.size),
+            "confusion_matrix": {"rows_true_cols_predicted": ["negative", "positive"], "counts": confusion}}

@@ -1,0 +1,75 @@
+"""Raw-string SavedModels: the tokenizer and the vocabulary travel inside the model.
+
+A user of an export needs TensorFlow and tensorflow-text (whose ops the tokenizer is made of) but
+neither this package nor the vocab file:
+
+    import tensorflow as tf, tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
+    sentiment = tf.saved_model.load("runs/cpu/sentiment_export")
+    sentiment.signatures["classify"](tf.constant(["what a film"]))["probability_positive"]
+
+Two signatures, one per export:
+  fill_mask(sentences [n] string) -> tokens [n, masks, top_k] string, probabilities [n, masks, top_k]
+                                     float32 (softmax), mask_count [n] int32 (rows past it are padding)
+  classify(reviews [n] string)    -> probability_positive [n] float32, label [n] string ("positive"/"negative")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from imdb_bert import inputs, vocab
+
+EXPORT_INFO = "export.json"
+
+
+class FillMaskExport(tf.Module):
+    """The masked-LM model behind a raw-string `fill_mask` signature."""
+
+    def __init__(self, model: keras.Model, tokens: list[str], max_seq_len: int, top_k: int):
+        super().__init__()
+        self.model, self.max_seq_len, self.top_k = model, max_seq_len, top_k
+        self.tokenizer = vocab.make_tokenizer(tokens)
+        self.tokens = tf.constant(tokens)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
+    def fill_mask(self, sentences):
+        ids = inputs.encode_phrases(self.tokenizer, sentences)
+        too_long = tf.debugging.assert_less_equal(ids.row_lengths(), tf.cast(self.max_seq_len, tf.int64),
+                                                  message=f"a sentence is longer than {self.max_seq_len} word pieces")
+        with tf.control_dependencies([too_long]):   # check before the model sees an impossible position
+            ids = ids.to_tensor(default_value=inputs.PAD_ID)
+        where = tf.where(tf.equal(ids, inputs.MASK_ID))                           # [masks, (row, col)]
+        positions = tf.RaggedTensor.from_value_rowids(tf.cast(where[:, 1], tf.int32), where[:, 0],
+                                                      nrows=tf.shape(ids, out_type=tf.int64)[0])
+        logits = self.model({"input_ids": ids, "masked_positions": positions.to_tensor()}, training=False)
+        probabilities, token_ids = tf.math.top_k(tf.nn.softmax(tf.cast(logits, tf.float32)), k=self.top_k)
+        return {"tokens": tf.gather(self.tokens, token_ids), "probabilities": probabilities,
+                "mask_count": tf.cast(positions.row_lengths(), tf.int32)}
+
+
+class ClassifyExport(tf.Module):
+    """The sentiment classifier behind a raw-string `classify` signature."""
+
+    def __init__(self, model: keras.Model, tokens: list[str], max_seq_len: int, max_windows: int):
+        super().__init__()
+        self.model, self.max_seq_len, self.max_windows = model, max_seq_len, max_windows
+        self.tokenizer = vocab.make_tokenizer(tokens)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="reviews")])
+    def classify(self, reviews):
+        windows = inputs.review_windows(self.tokenizer, reviews, self.max_seq_len, self.max_windows)
+        logits = self.model(windows.to_tensor(default_value=inputs.PAD_ID), training=False)
+        probability = tf.sigmoid(tf.cast(logits, tf.float32))
+        return {"probability_positive": probability,
+                "label": tf.where(probability > 0.5, tf.constant("positive"), tf.constant("negative"))}
+
+
+def save(module: tf.Module, signature: str, folder: str, **info) -> None:
+    """Write `module` as a SavedModel serving `signature`, plus export.json describing it."""
+    tf.saved_model.save(module, folder, signatures={signature: getattr(module, signature)})
+    with open(os.path.join(folder, EXPORT_INFO), "w", encoding="utf-8") as handle:
+        json.dump({"signature": signature, **info}, handle, indent=2)

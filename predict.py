@@ -1,0 +1,96 @@
+"""Serve an exported raw-string model: sentiment of reviews, or fills of [MASK]s.
+
+    python predict.py "a wonderful, moving film" "two hours i will never get back"
+    python predict.py --export runs/cpu/fill_mask_export "i have watched this [MASK] and it was awesome"
+    python predict.py --file reviews.txt --json          (one text per line; - reads stdin)
+
+--export defaults to the config's run folder: <run_dir>/classifier/sentiment_export (written by
+classifier_training.py). <run_dir>/fill_mask_export is written by model_training.py. The export
+alone is loaded (TensorFlow + tensorflow-text): no vocab file, no model code.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import config as config_module
+from imdb_bert import artifacts
+
+SENTIMENT_EXPORT = os.path.join("classifier", "sentiment_export")
+
+
+def read_texts(args) -> list[str]:
+    texts = list(args.texts)
+    if args.file:
+        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
+        with handle:
+            texts += [line.strip() for line in handle if line.strip()]
+    if not texts:
+        raise artifacts.StageError("no text given: pass one in quotes, or --file FILE (- for stdin)")
+    return texts
+
+
+def fill_dicts(texts, outputs) -> list[dict]:
+    """The fill-mask signature's outputs as the probe's dicts, most probable first per mask."""
+    from imdb_bert.probe import fill_phrase
+
+    fills = []
+    for row, text in enumerate(texts):
+        count = int(outputs["mask_count"][row])
+        if count == 0:
+            raise artifacts.StageError(f"no [MASK] in {text!r}: write [MASK] where a word should be predicted")
+        for mask_index in range(count):
+            for token, probability in zip(outputs["tokens"][row, mask_index], outputs["probabilities"][row, mask_index]):
+                token = token.decode("utf-8")
+                fill = {"input_text": text, "prediction": fill_phrase(text, mask_index, token),
+                        "probability": round(float(probability), 6), "predicted mask token": token}
+                if count > 1:
+                    fill["mask_index"] = mask_index
+                fills.append(fill)
+    return fills
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("texts", nargs="*", help="reviews to classify, or sentences containing [MASK]")
+    parser.add_argument("--file", help="read texts from this file, one per line (- for stdin)")
+    parser.add_argument("--export", help="exported model folder (default: the config run's sentiment export)")
+    parser.add_argument("--json", action="store_true", help="print one JSON array")
+    config_module.add_config_arguments(parser)
+    args = parser.parse_args()
+    texts = read_texts(args)
+    folder = args.export or os.path.join(config_module.config_from_args(args).run_dir, SENTIMENT_EXPORT)
+    try:
+        with open(os.path.join(folder, "export.json"), encoding="utf-8") as handle:
+            signature = json.load(handle)["signature"]
+    except (OSError, ValueError, KeyError):
+        raise artifacts.StageError(f"{folder} is not a finished export (export.json missing or unreadable): run "
+                                   "python classifier_training.py (sentiment) or python model_training.py "
+                                   "(fill_mask_export), or pass --export FOLDER") from None
+
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer's ops the export uses)
+
+    serve = tf.saved_model.load(folder).signatures[signature]
+    try:
+        outputs = {name: value.numpy() for name, value in serve(tf.constant(texts)).items()}
+    except tf.errors.InvalidArgumentError as error:
+        # The export's own checks say what is wrong inside "assertion failed: [...]".
+        reason = re.search(r"assertion failed: \[([^\]]*)\]", error.message)
+        raise artifacts.StageError(reason.group(1) if reason else error.message.strip().splitlines()[-1]) from None
+    if signature == "fill_mask":
+        results = fill_dicts(texts, outputs)
+    else:
+        results = [{"text": text, "label": label.decode("utf-8"), "probability_positive": round(float(p), 6)}
+                   for text, label, p in zip(texts, outputs["label"], outputs["probability_positive"])]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            print(result)
+
+
+if __name__ == "__main__":
+    artifacts.run_stage(main)
