@@ -15,17 +15,6 @@ import config as config_module
 from imdb_bert import artifacts, probe
 
 
-def read_sentences(args) -> list[str]:
-    sentences = list(args.sentences)
-    if args.file:
-        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
-        with handle:
-            sentences += [line.strip() for line in handle if line.strip()]
-    if not sentences:
-        raise artifacts.StageError("no sentence given: pass one in quotes, or --file FILE (- for stdin)")
-    return sentences
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sentences", nargs="*", help="sentences containing [MASK]")
@@ -35,7 +24,7 @@ def main():
     parser.add_argument("--run", help="run folder (default: the config's run folder)")
     config_module.add_config_arguments(parser)
     args = parser.parse_args()
-    sentences = read_sentences(args)
+    sentences = artifacts.texts_from_command_line(args.sentences, args.file, "sentence")
     run_dir = args.run or config_module.config_from_args(args).run_dir
 
     model, tokenizer, tokens, run_config = probe.load_run(run_dir)

@@ -13,23 +13,11 @@ import argparse
 import json
 import os
 import re
-import sys
 
 import config as config_module
 from imdb_bert import artifacts
 
 SENTIMENT_EXPORT = os.path.join("classifier", "sentiment_export")
-
-
-def read_texts(args) -> list[str]:
-    texts = list(args.texts)
-    if args.file:
-        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")
-        with handle:
-            texts += [line.strip() for line in handle if line.strip()]
-    if not texts:
-        raise artifacts.StageError("no text given: pass one in quotes, or --file FILE (- for stdin)")
-    return texts
 
 
 def fill_dicts(texts, outputs) -> list[dict]:
@@ -60,7 +48,7 @@ def main():
     parser.add_argument("--json", action="store_true", help="print one JSON array")
     config_module.add_config_arguments(parser)
     args = parser.parse_args()
-    texts = read_texts(args)
+    texts = artifacts.texts_from_command_line(args.texts, args.file, "text")
     folder = args.export or os.path.join(config_module.config_from_args(args).run_dir, SENTIMENT_EXPORT)
     try:
         with open(os.path.join(folder, "export.json"), encoding="utf-8") as handle:

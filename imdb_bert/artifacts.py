@@ -201,6 +201,18 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def texts_from_command_line(given: list[str], file: str | None, what: str) -> list[str]:
+    """The texts a script was given as arguments plus the non-empty lines of `file` (- is stdin)."""
+    texts = list(given)
+    if file:
+        handle = sys.stdin if file == "-" else open(file, encoding="utf-8", errors="replace")
+        with handle:
+            texts += [line.strip() for line in handle if line.strip()]
+    if not texts:
+        raise StageError(f"no {what} given: pass one in quotes, or --file FILE (- for stdin)")
+    return texts
+
+
 def run_stage(main) -> None:
     """Run a stage's `main()`: user errors become one line on stderr and exit code 2."""
     try:
