@@ -18,32 +18,25 @@ import json
 import os
 
 import config as config_module
-from imdb_bert import artifacts, corpus, vocab
-
-CLASSIFIER_FOLDER = "classifier"
+from imdb_bert import artifacts, vocab
 
 
 def main():
     config, options = config_module.load_stage_config(__doc__, flags={
         "compare-scratch": "also train the same architecture from scratch and a bag-of-words baseline"})
     compare = options.compare_scratch
-    prepared = artifacts.prepared_dir(config.data_dir)
-    prepared_manifest = artifacts.read_current(prepared, "data_prep", config, artifacts.DATA_PREP_KEYS,
-                                               corpus.current_raw_inputs(config))
-    vocab_manifest = artifacts.read_current(artifacts.vocab_dir(config.data_dir), "tokeniser_build", config,
-                                            artifacts.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
+    prepared_manifest, training_inputs = vocab.current_training_inputs(config)
     run_manifest = artifacts.read_current(config.run_dir, "model_training", config, artifacts.training_keys(config),
-                                          {"prepared": prepared_manifest["fingerprint"],
-                                           "vocab": vocab_manifest["fingerprint"]})
+                                          training_inputs)
     identity = artifacts.stage_identity(config, artifacts.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
     identity["config"]["compare_scratch"] = compare   # a comparison run has more to show
-    folder = os.path.join(config.run_dir, CLASSIFIER_FOLDER)
+    folder = artifacts.classifier_dir(config.run_dir)
     if artifacts.skip_if_up_to_date("classifier_training", folder, identity, options.force):
         return
-    train(config, identity, folder, compare)
+    train(config, identity, folder, compare, prepared_manifest["splits"])
 
 
-def train(config, identity, folder, compare):
+def train(config, identity, folder, compare, splits):
     import warnings
 
     import keras
@@ -64,8 +57,9 @@ def train(config, identity, folder, compare):
     train_windows = classifier.window_dataset(classifier.labelled_reviews(prepared, "train"), tokenizer, config)
     held_out_windows = classifier.window_dataset(classifier.labelled_reviews(prepared, "validation"),
                                                  tokenizer, config)
-    train_count = sum(1 for _ in train_windows)
-    held_out_count = sum(1 for _ in held_out_windows)
+    # data_prep counted each split's labels; unlabelled reviews are skipped.
+    train_count, held_out_count = (splits[split]["labels"]["pos"] + splits[split]["labels"]["neg"]
+                                   for split in ("train", "validation"))
     if train_count == 0 or held_out_count == 0:
         raise artifacts.StageError(f"no labelled reviews in the {'train' if not train_count else 'validation'} "
                                    "split: the classifier needs labelled data (source package, official or tfds)")

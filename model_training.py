@@ -20,19 +20,13 @@ import shutil
 import time
 
 import config as config_module
-from imdb_bert import artifacts, corpus, vocab
+from imdb_bert import artifacts, vocab
 
 
 def main():
     config, options = config_module.load_stage_config(__doc__)
-    prepared = artifacts.prepared_dir(config.data_dir)
-    prepared_manifest = artifacts.read_current(prepared, "data_prep", config, artifacts.DATA_PREP_KEYS,
-                                               corpus.current_raw_inputs(config))
-    vocab_manifest = artifacts.read_current(artifacts.vocab_dir(config.data_dir), "tokeniser_build", config,
-                                            artifacts.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
-    identity = artifacts.stage_identity(config, artifacts.training_keys(config),
-                                        {"prepared": prepared_manifest["fingerprint"],
-                                         "vocab": vocab_manifest["fingerprint"]})
+    _, training_inputs = vocab.current_training_inputs(config)
+    identity = artifacts.stage_identity(config, artifacts.training_keys(config), training_inputs)
     if artifacts.skip_if_up_to_date("model_training", config.run_dir, identity, options.force):
         return
     train(config, identity, options.force)

@@ -17,12 +17,9 @@ import re
 import config as config_module
 from imdb_bert import artifacts
 
-SENTIMENT_EXPORT = os.path.join("classifier", "sentiment_export")
-
-
 def fill_dicts(texts, outputs) -> list[dict]:
     """The fill-mask signature's outputs as the probe's dicts, most probable first per mask."""
-    from imdb_bert.probe import fill_phrase
+    from imdb_bert.probe import fill_dict
 
     fills = []
     for row, text in enumerate(texts):
@@ -30,13 +27,9 @@ def fill_dicts(texts, outputs) -> list[dict]:
         if count == 0:
             raise artifacts.StageError(f"no [MASK] in {text!r}: write [MASK] where a word should be predicted")
         for mask_index in range(count):
-            for token, probability in zip(outputs["tokens"][row, mask_index], outputs["probabilities"][row, mask_index]):
-                token = token.decode("utf-8")
-                fill = {"input_text": text, "prediction": fill_phrase(text, mask_index, token),
-                        "probability": round(float(probability), 6), "predicted mask token": token}
-                if count > 1:
-                    fill["mask_index"] = mask_index
-                fills.append(fill)
+            fills += [fill_dict(text, mask_index, token.decode("utf-8"), probability, count > 1)
+                      for token, probability in zip(outputs["tokens"][row, mask_index],
+                                                    outputs["probabilities"][row, mask_index])]
     return fills
 
 
@@ -49,7 +42,8 @@ def main():
     config_module.add_config_arguments(parser)
     args = parser.parse_args()
     texts = artifacts.texts_from_command_line(args.texts, args.file, "text")
-    folder = args.export or os.path.join(config_module.config_from_args(args).run_dir, SENTIMENT_EXPORT)
+    folder = args.export or os.path.join(artifacts.classifier_dir(config_module.config_from_args(args).run_dir),
+                                        "sentiment_export")
     try:
         with open(os.path.join(folder, "export.json"), encoding="utf-8") as handle:
             signature = json.load(handle)["signature"]

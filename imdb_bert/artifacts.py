@@ -58,6 +58,10 @@ def vocab_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "vocab")
 
 
+def classifier_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "classifier")
+
+
 def vocab_path(data_dir: str) -> str:
     return os.path.join(vocab_dir(data_dir), "vocab.txt")
 

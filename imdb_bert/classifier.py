@@ -76,9 +76,8 @@ class MeanOverReview(layers.Layer):
 
 def encoder_of(masked_lm: keras.Model) -> keras.Model:
     """The encoder inside a masked-LM model: input_ids -> final hidden states (its weights, shared)."""
-    last = "final_norm" if "final_norm" in [layer.name for layer in masked_lm.layers] else None
-    if last is None:
-        last = [layer.name for layer in masked_lm.layers if layer.name.startswith("block_")][-1]
+    names = [layer.name for layer in masked_lm.layers]
+    last = "final_norm" if "final_norm" in names else [name for name in names if name.startswith("block_")][-1]
     return keras.Model(masked_lm.input["input_ids"], masked_lm.get_layer(last).output, name="encoder")
 
 

@@ -29,6 +29,15 @@ def fill_phrase(phrase: str, mask_index: int, token: str) -> str:
     return before + token + after
 
 
+def fill_dict(phrase: str, mask_index: int, token: str, probability: float, several_masks: bool) -> dict:
+    """One fill in the original project's format (`mask_index` only when the phrase has several masks)."""
+    fill = {"input_text": phrase, "prediction": fill_phrase(phrase, mask_index, token),
+            "probability": round(float(probability), 6), "predicted mask token": token}
+    if several_masks:
+        fill["mask_index"] = mask_index
+    return fill
+
+
 def top_k_fills(model, tokenizer, tokens: list[str], phrase: str, top_k: int, max_seq_len: int) -> list[dict]:
     """The `top_k` most probable tokens for each `[MASK]` in `phrase`, most probable first."""
     ids = inputs.encode_with_masks(tokenizer, phrase)
@@ -42,13 +51,8 @@ def top_k_fills(model, tokenizer, tokens: list[str], phrase: str, top_k: int, ma
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits[0], axis=-1))
     fills = []
     for mask_index, row in enumerate(probabilities):
-        for token_id in np.argsort(-row)[:top_k]:
-            token = tokens[token_id]
-            fill = {"input_text": phrase, "prediction": fill_phrase(phrase, mask_index, token),
-                    "probability": round(float(row[token_id]), 6), "predicted mask token": token}
-            if len(positions) > 1:
-                fill["mask_index"] = mask_index
-            fills.append(fill)
+        fills += [fill_dict(phrase, mask_index, tokens[token_id], row[token_id], len(positions) > 1)
+                  for token_id in np.argsort(-row)[:top_k]]
     return fills
 
 

@@ -110,6 +110,18 @@ def learn_vocabulary(texts: list[str], vocab_size: int, min_word_count: int) -> 
     return tokens, stats
 
 
+def current_training_inputs(config) -> tuple[dict, dict]:
+    """(prepared manifest, {"prepared": fingerprint, "vocab": fingerprint}) of the data a model is trained
+    on, each refused in one line (StageError) if missing or stale for `config`."""
+    from imdb_bert import corpus
+
+    prepared = artifacts.read_current(artifacts.prepared_dir(config.data_dir), "data_prep", config,
+                                      artifacts.DATA_PREP_KEYS, corpus.current_raw_inputs(config))
+    vocabulary = artifacts.read_current(artifacts.vocab_dir(config.data_dir), "tokeniser_build", config,
+                                        artifacts.VOCAB_KEYS, {"prepared": prepared["fingerprint"]})
+    return prepared, {"prepared": prepared["fingerprint"], "vocab": vocabulary["fingerprint"]}
+
+
 def write_vocabulary(path: str, tokens: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as out:
         out.write("\n".join(tokens) + "\n")
