@@ -81,6 +81,8 @@ class Config:
     mixed_precision: str = "auto"     # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks
                                       # mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16/AMX), else float32
     jit_compile: bool = False         # XLA
+    strategy: str = "auto"            # auto | mirrored | multi_worker | tpu (imdb_bert/distribute.py);
+                                      # batch_size is the global batch, split across the replicas
     seed: int = 42
     checkpoint_every_steps: int = 200 # besides every epoch end; an interrupted run resumes from the last one
 
@@ -129,7 +131,8 @@ class Config:
                    "norm_position": ("pre", "post"),
                    "activation": ("gelu", "relu"),
                    "lr_schedule": ("cosine", "transformer"),
-                   "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16")}
+                   "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                   "strategy": ("auto", "mirrored", "multi_worker", "tpu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -20,11 +20,12 @@ import shutil
 import time
 
 import config as config_module
-from imdb_bert import artifacts, vocab
+from imdb_bert import artifacts, distribute, vocab
 
 
 def main():
     config, options = config_module.load_stage_config(__doc__)
+    config = distribute.worker_config(config)
     _, training_inputs = vocab.current_training_inputs(config)
     identity = artifacts.stage_identity(config, artifacts.training_keys(config), training_inputs)
     if artifacts.skip_if_up_to_date("model_training", config.run_dir, identity, options.force):
@@ -44,6 +45,8 @@ def train(config, identity, force):
     # Length-grouped validation batches have no known count, so Keras "runs out of data" at the end
     # of every validation pass by design; the training data repeats forever and cannot run out.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
+    strategy = distribute.make_strategy(config.strategy)
+    print(f"model_training: {distribute.describe(strategy)} (strategy={config.strategy})")
 
     prepared = artifacts.prepared_dir(config.data_dir)
     tokens = vocab.read_vocabulary(artifacts.vocab_path(config.data_dir))
@@ -70,11 +73,15 @@ def train(config, identity, force):
     validation_data = inputs.validation_dataset(validation_windows, len(tokens), config)
     steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
 
-    model = masked_lm.build_masked_lm(len(tokens), config)
-    training.compile_masked_lm(model, config, total_steps=steps_per_epoch * config.epochs)
+    with strategy.scope():  # variables, optimizer slots and metrics live on every replica
+        model = masked_lm.build_masked_lm(len(tokens), config)
+        training.compile_masked_lm(model, config, total_steps=steps_per_epoch * config.epochs)
+        if state:
+            resume.restore(model, work, state)
+        if config.strategy == "multi_worker":
+            training.prepare_multi_worker_fit(model, validation_data)
     history_rows = []
     if state:
-        resume.restore(model, work, state)
         history_rows = resume.trim_history(work, state["epoch"])
         print(f"model_training: resuming {work} at epoch {state['epoch'] + 1}, step {state['step']} "
               f"(optimizer step {state['global_step']})")

@@ -29,13 +29,13 @@ COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
             "tokeniser_build": "python tokeniser_build.py", "model_training": "python model_training.py",
             "classifier_training": "python classifier_training.py"}
 # Config values each stage's output depends on. Training depends on every key except
-# NOT_TRAINING_KEYS (where files go, how often to checkpoint, what to print): changing those must
-# not retrain hours of work.
+# NOT_TRAINING_KEYS (where files go, how often to checkpoint, what to print, which devices share
+# the work): changing those must not retrain hours of work.
 DATA_PREP_KEYS = ("source", "validation_fraction", "split_seed", "num_shards")
 VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
 CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_dropout")
 NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases",
-                     "top_k") + CLASSIFIER_KEYS
+                     "top_k", "strategy") + CLASSIFIER_KEYS
 # Writing failures that mean "the disk is full", not a bug.
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 

@@ -123,9 +123,21 @@ def training_dataset(windows: tf.data.Dataset, masker, config, seed: int) -> tf.
     """
     tf.random.set_seed(seed)
     shuffled = windows.shuffle(20_000, seed=seed, reshuffle_each_iteration=True).repeat()
-    return (batch_by_length(shuffled, config.batch_size, config.max_seq_len, drop_remainder=True)
-            .map(masker, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    return shard_by_batch(batch_by_length(shuffled, config.batch_size, config.max_seq_len, drop_remainder=True)
+                          .map(masker, num_parallel_calls=tf.data.AUTOTUNE)
+                          .prefetch(tf.data.AUTOTUNE))
+
+
+def shard_by_batch(batches: tf.data.Dataset) -> tf.data.Dataset:
+    """Mark `batches` to be shared out batch by batch in a multi-worker run (no effect otherwise).
+
+    Every worker runs the same seeded pipeline and keeps its own share of each global batch
+    (tf.distribute's DATA sharding). Sharding by file, the default attempt, would give workers
+    unequal numbers of windows, or nothing when there are more workers than prepared shards.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options)
 
 
 def validation_dataset(windows: tf.data.Dataset, vocab_size: int, config) -> tf.data.Dataset:
@@ -146,13 +158,13 @@ def validation_dataset(windows: tf.data.Dataset, vocab_size: int, config) -> tf.
     sequential.experimental_optimization.inject_prefetch = False
     boundaries, batch_sizes = length_buckets(config.max_seq_len, config.batch_size)
     tf.random.set_seed(config.seed)
-    return (windows
-            .map(mask_one)
-            .with_options(sequential)
-            .bucket_by_sequence_length(lambda features, labels, weights: tf.size(features["input_ids"]),
-                                       boundaries, batch_sizes)
-            .cache()
-            .prefetch(tf.data.AUTOTUNE))
+    return shard_by_batch(windows
+                          .map(mask_one)
+                          .with_options(sequential)
+                          .bucket_by_sequence_length(lambda features, labels, weights: tf.size(features["input_ids"]),
+                                                     boundaries, batch_sizes)
+                          .cache()
+                          .prefetch(tf.data.AUTOTUNE))
 
 
 def encode_phrases(tokenizer, phrases: tf.Tensor) -> tf.RaggedTensor:

@@ -117,3 +117,25 @@ def count_tokens(windows: tf.data.Dataset) -> tuple[int, int]:
         count += batch.size
         tokens += int(batch.sum())
     return count, tokens
+
+
+def prepare_multi_worker_fit(model: keras.Model, dataset: tf.data.Dataset) -> None:
+    """Work around two Keras 3 bugs that stop `fit`/`evaluate` under MultiWorkerMirroredStrategy
+    (call inside the strategy's scope, after `compile`).
+
+    1. Before the first step Keras all-reduces one input batch across the workers just to learn its
+       shapes, which fails for dict inputs (keras-team/keras#20329) and could not work for batches
+       whose padded lengths differ between workers. Here the loss, metric and optimizer state is
+       built from `dataset`'s element spec instead, and that step is skipped.
+    2. Keras averages each step's logged values across workers along axis 0, which fails for scalars
+       (tensorflow/tensorflow#72388). Here each step's logs are given that axis.
+    Neither changes what is trained: gradients are all-reduced by the optimizer as usual.
+    """
+    symbolic = tf.nest.map_structure(lambda spec: keras.KerasTensor(spec.shape, spec.dtype.name),
+                                     dataset.element_spec)
+    model._symbolic_build(data_batch=symbolic)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+        setattr(model, name, lambda data, step=step: {key: tf.reshape(value, [1])
+                                                      for key, value in step(data).items()})
