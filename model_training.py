@@ -39,7 +39,7 @@ def train(config, identity, force):
 
     import keras
 
-    from imdb_bert import export, inputs, probe, resume, training
+    from imdb_bert import export, inputs, monitoring, probe, resume, training
     from imdb_bert import model as masked_lm
 
     # Length-grouped validation batches have no known count, so Keras "runs out of data" at the end
@@ -69,6 +69,8 @@ def train(config, identity, force):
     print(f"model_training: {train_count} training windows ({train_tokens} word pieces), "
           f"{validation_count} validation windows ({validation_tokens}); tokenised in {time.time() - started:.1f}s")
 
+    # Batches are grouped by length, so nearly every position trained on is a real token.
+    mean_sequence = train_tokens / max(train_count, 1) + 2
     masker = inputs.make_masker(len(tokens), config)
     validation_data = inputs.validation_dataset(validation_windows, len(tokens), config)
     steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
@@ -90,6 +92,7 @@ def train(config, identity, force):
 
     checkpoint = resume.TrainingCheckpoint(work, config.checkpoint_every_steps)
     callbacks = [training.PerplexityLogger(),
+                 *monitoring.training_callbacks(work, tokens_per_step=config.batch_size * mean_sequence),
                  probe.ProbeCallback(tokenizer, tokens, config.probe_phrases, config.top_k, config.max_seq_len),
                  keras.callbacks.CSVLogger(os.path.join(work, resume.HISTORY), append=True),
                  keras.callbacks.TerminateOnNaN(),
@@ -106,7 +109,7 @@ def train(config, identity, force):
         train_data = inputs.training_dataset(train_windows, masker, config, seed=config.seed + global_step)
         model.fit(train_data, validation_data=validation_data, initial_epoch=initial_epoch, epochs=epochs,
                   steps_per_epoch=steps, validation_steps=config.validation_batches or None,
-                  callbacks=callbacks, verbose=2, shuffle=False)  # tf.data already shuffles
+                  callbacks=callbacks, verbose=monitoring.fit_verbosity(), shuffle=False)  # tf.data already shuffles
         if checkpoint.nan_epoch is not None:
             raise artifacts.StageError(
                 f"training stopped: the loss became NaN in epoch {checkpoint.nan_epoch + 1} (learning_rate "
@@ -119,8 +122,6 @@ def train(config, identity, force):
         history_rows = list(csv.DictReader(handle))
     best = min(history_rows, key=lambda row: float(row["val_loss"]))
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    # Batches are grouped by length, so nearly every position trained on is a real token.
-    mean_sequence = train_tokens / max(train_count, 1) + 2
     metrics = {
         "validation_masked_accuracy": final["masked_accuracy"],
         "validation_masked_cross_entropy": final["loss"],
@@ -141,6 +142,10 @@ def train(config, identity, force):
         model.save(os.path.join(folder, "model.keras"))
         for name in (resume.HISTORY, resume.BEST_MODEL):
             shutil.copy(os.path.join(work, name), os.path.join(folder, name))
+        shutil.copytree(os.path.join(work, monitoring.TENSORBOARD_DIR), os.path.join(folder, monitoring.TENSORBOARD_DIR))
+        monitoring.save_curves(history_rows, os.path.join(folder, monitoring.CURVES_PNG),
+                               f"{os.path.basename(config.run_dir)}: {optimizer_steps} steps, held-out masked "
+                               f"accuracy {metrics['validation_masked_accuracy']:.3f}")
         shutil.copy(artifacts.vocab_path(config.data_dir), os.path.join(folder, "vocab.txt"))
         artifacts.write_json(os.path.join(folder, "config.json"), config.as_dict())
         artifacts.write_json(os.path.join(folder, "metrics.json"), metrics)

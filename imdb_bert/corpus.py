@@ -65,10 +65,12 @@ def decode_bytes(raw: bytes) -> tuple[str, bool]:
 
 def read_official(folder: str) -> tuple[list[Review], int]:
     """Reviews from an unpacked aclImdb folder, and how many files had undecodable bytes."""
+    from imdb_bert.monitoring import progress
+
     reviews, undecodable = [], 0
     for subfolder, label in OFFICIAL_FOLDERS:
         paths = sorted(glob.glob(os.path.join(folder, subfolder, "*.txt")))
-        for path in paths:
+        for path in progress(paths, f"reading {subfolder}"):
             with open(path, "rb") as handle:
                 text, replaced = decode_bytes(handle.read())
             undecodable += replaced
@@ -216,12 +218,14 @@ def write_shards(folder: str, split: str, reviews: list[Review], num_shards: int
     """Write `reviews` as TFRecord shards of tf.train.Example(text, label); returns file names."""
     import tensorflow as tf
 
+    from imdb_bert.monitoring import progress
+
     num_shards = max(1, min(num_shards, len(reviews)))
     names = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(os.path.join(folder, name)) for name in names]
     try:
         try:
-            for index, review in enumerate(reviews):
+            for index, review in enumerate(progress(reviews, f"writing {split} shards")):
                 example = tf.train.Example(features=tf.train.Features(feature={
                     "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[review.text.encode("utf-8")])),
                     "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[review.label])),

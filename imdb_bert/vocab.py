@@ -9,6 +9,7 @@ rare cannot earn its own entry anyway; it only slowed the learner down.
 from __future__ import annotations
 
 import collections
+import math
 import time
 
 import numpy as np
@@ -39,8 +40,11 @@ def count_words(texts: list[str], batch_size: int = 1024) -> collections.Counter
 
     batches = (tf.data.Dataset.from_tensor_slices(tf.constant(texts, dtype=tf.string)).batch(batch_size)
                .map(count_batch, num_parallel_calls=tf.data.AUTOTUNE))
+    from imdb_bert.monitoring import progress
+
     counts = collections.Counter()
-    for words, frequency in batches.as_numpy_iterator():
+    for words, frequency in progress(batches.as_numpy_iterator(), "counting words", unit="batch",
+                                     total=math.ceil(len(texts) / batch_size)):
         counts.update(dict(zip(words.tolist(), frequency.tolist())))
     return collections.Counter({word.decode("utf-8"): count for word, count in counts.items()})
 

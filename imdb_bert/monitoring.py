@@ -1,0 +1,94 @@
+"""Seeing what a stage is doing: progress bars, TensorBoard logs, and the training curves PNG.
+
+Progress bars (tqdm) show only on a terminal, so logs of CI runs and notebooks stay one line per
+event; Keras' own per-epoch progress bar follows the same rule (`fit_verbosity`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import keras
+
+TENSORBOARD_DIR = "logs"
+CURVES_PNG = "curves.png"
+
+
+def progress(iterable, description: str, total: int | None = None, unit: str = "review"):
+    """`iterable`, with a progress bar on stderr when it is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, total=total, unit=unit, disable=None, leave=False,
+                mininterval=0.5)
+
+
+def fit_verbosity() -> int:
+    """Keras `fit` verbosity: a live progress bar on a terminal, one line per epoch elsewhere."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def training_callbacks(folder: str, tokens_per_step: float) -> list:
+    """Callbacks that add the learning rate and training throughput to each epoch's logs and write
+    all logged values as TensorBoard events under `folder/logs` (`tensorboard --logdir runs`).
+    Put them before the CSV logger, so history.csv carries the same values."""
+    return [TrainingRate(tokens_per_step),
+            keras.callbacks.TensorBoard(os.path.join(folder, TENSORBOARD_DIR), write_graph=False,
+                                        update_freq="epoch", profile_batch=0)]
+
+
+class TrainingRate(keras.callbacks.Callback):
+    """Adds `learning_rate` (at the epoch's end) and `tokens_per_second` (word pieces trained on per
+    second of training steps, validation excluded) to each epoch's logs."""
+
+    def __init__(self, tokens_per_step: float):
+        super().__init__()
+        self.tokens_per_step = tokens_per_step
+        self.steps, self.started, self.last_step_done = 0, 0.0, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps, self.started = 0, time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.last_step_done = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        seconds = self.last_step_done - self.started
+        if self.steps and seconds > 0:
+            logs["tokens_per_second"] = self.steps * self.tokens_per_step / seconds
+
+
+def save_curves(history_rows: list[dict], path: str, title: str) -> None:
+    """A PNG of the training and validation loss and masked accuracy (and the learning rate) per
+    epoch, from the rows of history.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(row["epoch"]) + 1 for row in history_rows]
+    panels = [("masked-token cross-entropy", "loss"), ("masked-token accuracy", "masked_accuracy")]
+    has_rate = all(row.get("learning_rate") not in (None, "") for row in history_rows)
+    figure, axes = plt.subplots(1, len(panels) + has_rate, figsize=(5 * (len(panels) + has_rate), 3.6))
+    for axis, (label, key) in zip(axes, panels):
+        axis.plot(epochs, [float(row[key]) for row in history_rows], "o-", label="training")
+        axis.plot(epochs, [float(row["val_" + key]) for row in history_rows], "s-", label="validation (held out)")
+        axis.set(xlabel="epoch", title=label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    if has_rate:
+        axes[-1].plot(epochs, [float(row["learning_rate"]) for row in history_rows], "o-", color="gray")
+        axes[-1].set(xlabel="epoch", title="learning rate (epoch end)")
+        axes[-1].grid(alpha=0.3)
+    for axis in axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

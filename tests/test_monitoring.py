@@ -1,0 +1,69 @@
+"""Seeing training: TensorBoard events and the curves PNG in the run folder, progress bars on a
+terminal only."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import glob
+import os
+import pty
+import struct
+import subprocess
+import termios
+
+from conftest import ROOT, copy_data, stage_command, stage_environment
+
+
+def scalar_tags(folder: str) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(folder)
+    events.Reload()
+    return set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+
+
+def test_run_folder_has_tensorboard_logs_and_curves(trained_run):
+    run_dir = os.path.join(trained_run[0], "runs", "tiny")
+    assert glob.glob(os.path.join(run_dir, "logs", "train", "events.out.tfevents.*"))
+    assert {"epoch_loss", "epoch_masked_accuracy", "epoch_learning_rate", "epoch_tokens_per_second"} \
+        <= scalar_tags(os.path.join(run_dir, "logs", "train"))
+    assert {"epoch_loss", "epoch_masked_accuracy"} <= scalar_tags(os.path.join(run_dir, "logs", "validation"))
+    with open(os.path.join(run_dir, "history.csv"), newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert all(float(row["tokens_per_second"]) > 100 for row in history)
+    rates = [float(row["learning_rate"]) for row in history]
+    assert rates[-1] < rates[0]   # the cosine schedule decays
+    with open(os.path.join(run_dir, "curves.png"), "rb") as handle:
+        png = handle.read()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+
+
+def run_on_terminal(command: list[str]) -> str:
+    """Run `command` with stdout and stderr on a pseudo-terminal; return what it wrote."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns
+    process = subprocess.Popen(command, cwd=ROOT, env=stage_environment(), stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:   # the terminal closes when the process ends
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=600) == 0, b"".join(chunks)[-3000:]
+    os.close(leader)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bars_show_on_a_terminal_only(built_data, tmp_path):
+    data_dir = copy_data(built_data, tmp_path)
+    on_terminal = run_on_terminal(stage_command(["tokeniser_build.py", "--force"], data_dir))
+    assert "counting words" in on_terminal and "batch" in on_terminal, on_terminal[-2000:]
+    piped = subprocess.run(stage_command(["tokeniser_build.py", "--force"], data_dir), cwd=ROOT,
+                           env=stage_environment(), capture_output=True, text=True, timeout=600)
+    assert piped.returncode == 0
+    assert "counting words" not in piped.stdout + piped.stderr
