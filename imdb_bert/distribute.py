@@ -7,7 +7,7 @@
     tpu           TPUStrategy on the TPU the cluster resolver finds (a Colab TPU runtime)
 
 `batch_size` is always the global batch: Keras splits each batch across the replicas, and in a
-multi-worker run each worker reads its own share of the batches (`inputs.distributable`).
+multi-worker run each worker reads its own share of the batches (`inputs.shard_by_batch`).
 
 The TF_CONFIG helpers import nothing heavy, so a stage can work out its run folder (non-chief
 workers write theirs next to the chief's) before deciding whether TensorFlow is needed at all.
