@@ -32,6 +32,8 @@ def count_words(texts: list[str], batch_size: int = 1024) -> collections.Counter
     import tensorflow as tf
     from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 
+    from imdb_bert.monitoring import progress
+
     basic = BasicTokenizer(**TOKENIZER_PARAMS)
 
     def count_batch(batch):
@@ -40,8 +42,6 @@ def count_words(texts: list[str], batch_size: int = 1024) -> collections.Counter
 
     batches = (tf.data.Dataset.from_tensor_slices(tf.constant(texts, dtype=tf.string)).batch(batch_size)
                .map(count_batch, num_parallel_calls=tf.data.AUTOTUNE))
-    from imdb_bert.monitoring import progress
-
     counts = collections.Counter()
     for words, frequency in progress(batches.as_numpy_iterator(), "counting words", unit="batch",
                                      total=math.ceil(len(texts) / batch_size)):
