@@ -94,7 +94,7 @@ def train(config, identity, folder, compare, splits):
             metrics["bag_of_words_logistic_regression"] = bag_of_words(prepared, config)
         model.save(os.path.join(work, "classifier.keras"))
         export.save(export.ClassifyExport(model, tokens, config.max_seq_len, config.classifier_max_windows),
-                    "classify", os.path.join(work, "sentiment_export"),
+                    "classify", os.path.join(work, artifacts.SENTIMENT_EXPORT),
                     max_seq_len=config.max_seq_len, max_windows=config.classifier_max_windows)
         artifacts.write_json(os.path.join(work, "metrics.json"), metrics)
         artifacts.write_manifest(work, "classifier_training", identity)

@@ -43,7 +43,7 @@ def main():
     args = parser.parse_args()
     texts = artifacts.texts_from_command_line(args.texts, args.file, "text")
     folder = args.export or os.path.join(artifacts.classifier_dir(config_module.config_from_args(args).run_dir),
-                                        "sentiment_export")
+                                        artifacts.SENTIMENT_EXPORT)
     try:
         with open(os.path.join(folder, "export.json"), encoding="utf-8") as handle:
             signature = json.load(handle)["signature"]

@@ -23,6 +23,7 @@ import tempfile
 import time
 
 MANIFEST = "manifest.json"
+SENTIMENT_EXPORT = "sentiment_export"   # inside classifier_dir(run_dir)
 
 # The command that (re)builds each stage's output, for error messages.
 COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
