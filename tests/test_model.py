@@ -4,6 +4,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import config
 from conftest import ROOT
@@ -55,6 +56,26 @@ def test_loss_counts_masked_positions_only(tiny_model):
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     picked = np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
     assert first["loss"] == pytest.approx(-picked[:, :3].mean(), rel=1e-4)
+
+
+def test_fast_loss_and_accuracy_match_tensorflow_reference_ops():
+    """Our cross-entropy (oneDNN softmax + its own gradient) and hit metric against TensorFlow's ops."""
+    rng = np.random.default_rng(1)
+    logits = tf.constant(rng.normal(0, 8, (3, 5, VOCAB)), tf.float32)   # wide spread: tiny probabilities
+    labels = tf.constant(rng.integers(0, VOCAB, (3, 5)), tf.int32)
+    weights = tf.constant(rng.integers(0, 2, (3, 5)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = training.MaskedTokenCrossEntropy()(labels, logits, sample_weight=weights)
+        entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        reference = tf.reduce_sum(entropy * weights) / tf.reduce_sum(weights)
+    np.testing.assert_allclose(float(ours), float(reference), rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(ours, logits), tape.gradient(reference, logits), atol=1e-6)
+    hits = training.masked_token_hits(tf.cast(labels, tf.float32), logits)
+    expected = tf.cast(tf.equal(labels, tf.argmax(logits, -1, output_type=tf.int32)), tf.float32)
+    np.testing.assert_array_equal(hits, expected)
+    labels_at_top = tf.argmax(logits, -1, output_type=tf.int32)
+    assert float(tf.reduce_mean(training.masked_token_hits(labels_at_top, logits))) == 1.0
 
 
 def test_untied_output_projection_builds(tiny_config):
