@@ -71,11 +71,12 @@ def test_fast_loss_and_accuracy_match_tensorflow_reference_ops():
         reference = tf.reduce_sum(entropy * weights) / tf.reduce_sum(weights)
     np.testing.assert_allclose(float(ours), float(reference), rtol=1e-5)
     np.testing.assert_allclose(tape.gradient(ours, logits), tape.gradient(reference, logits), atol=1e-6)
-    hits = training.masked_token_hits(tf.cast(labels, tf.float32), logits)
-    expected = tf.cast(tf.equal(labels, tf.argmax(logits, -1, output_type=tf.int32)), tf.float32)
-    np.testing.assert_array_equal(hits, expected)
-    labels_at_top = tf.argmax(logits, -1, output_type=tf.int32)
-    assert float(tf.reduce_mean(training.masked_token_hits(labels_at_top, logits))) == 1.0
+    # Labels the top-scoring token in the weighted slots, random elsewhere: hits and misses both occur.
+    top = tf.argmax(logits, -1, output_type=tf.int32)
+    mixed = tf.where(weights > 0, top, labels)
+    expected = tf.cast(tf.equal(mixed, top), tf.float32)
+    assert 0 < float(tf.reduce_sum(expected)) < 15
+    np.testing.assert_array_equal(training.masked_token_hits(tf.cast(mixed, tf.float32), logits), expected)
 
 
 def test_untied_output_projection_builds(tiny_config):
