@@ -141,7 +141,10 @@ def test_ctrl_c_during_download_leaves_nothing_taken_as_complete(tmp_path):
     url = f"http://127.0.0.1:{server.server_address[1]}/aclImdb_v1.tar.gz"
     download = subprocess.Popen(stage_command(["./download.sh", "--source", "official"], data_dir), cwd=ROOT,
                                 env=stage_environment(IMDB_BERT_URL=url), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                # A shell that starts pytest as a background job hands it SIGINT ignored,
+                                # and download.sh would inherit that; a terminal's Ctrl-C finds it default.
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     part = os.path.join(data_dir, "raw", "archive", "aclImdb_v1.tar.gz.part")
     deadline = time.time() + 60
     while not (os.path.isfile(part) and os.path.getsize(part) > 4096) and time.time() < deadline:
