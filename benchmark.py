@@ -21,7 +21,7 @@ import resource
 import time
 
 import config as config_module
-from imdb_bert import artifacts, corpus, vocab
+from imdb_bert import artifacts, corpus, pipeline, vocab
 
 
 def rss_mb() -> float:
@@ -86,20 +86,21 @@ def reference_masked_lm(vocab_size: int, config):
 
 
 def time_alternating(runs: dict, rounds: int) -> dict:
-    """Median seconds per step of each `name: (step, batches)`, timed in alternating rounds.
+    """Seconds per pass over its batches of each `name: (step, batches)`: the median of the
+    `rounds` alternating passes. Tokens per second are then the batches' total tokens over it.
 
     Call it after a warm-up pass of each (which traces every shape). In each of the `rounds` rounds
     every model runs all its batches in turn: a shared machine that slows down for a while slows
     both sides alike, so the ratio does not depend on which model ran during the slow stretch.
     """
-    times = {name: [] for name in runs}
+    passes = {name: [] for name in runs}
     for _ in range(rounds):
         for name, (step, batches) in runs.items():
+            started = time.perf_counter()
             for batch in batches:
-                started = time.perf_counter()
                 step(batch)
-                times[name].append(time.perf_counter() - started)
-    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+            passes[name].append(time.perf_counter() - started)
+    return {name: sorted(values)[len(values) // 2] for name, values in passes.items()}
 
 
 def main():
@@ -109,6 +110,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating timing rounds of both models after warm-up (default 3)")
     parser.add_argument("--skip-vocab", action="store_true", help="skip the vocabulary-learning timings")
+    parser.add_argument("--pipeline-batches", type=int, default=300,
+                        help="batches the input pipeline is timed over (default 300)")
     arguments = parser.parse_args()
     if arguments.preset is None:
         arguments.preset = "gpu"
@@ -121,10 +124,10 @@ def main():
     import tensorflow as tf
 
     from imdb_bert import inputs, training
-    from imdb_bert import model as masked_lm
+    from imdb_bert.model import ModelConfig, build_masked_lm
 
     prepared = artifacts.prepared_dir(config.data_dir)
-    artifacts.read_manifest(prepared, "run: ./download.sh && python data_prep.py")
+    artifacts.read_manifest(prepared, f"run: {pipeline.COMMANDS['download']} && {pipeline.COMMANDS['data_prep']}")
     train_texts = corpus.split_texts(prepared, "train")
     rows = []
 
@@ -142,16 +145,16 @@ def main():
     # 2. The input pipeline alone, from the shards: tokenise, window, shuffle, bucket, mask.
     precision = training.resolve_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy(precision)
-    masker = inputs.make_masker(vocab_size, config)
+    masker = inputs.make_masker(vocab_size, pipeline.settings(inputs.MaskingConfig, config))
     uncached = inputs.window_dataset(prepared, "train", tokenizer, config.max_seq_len)
-    pipeline = inputs.training_dataset(uncached, masker, config, seed=config.seed)
+    stream = inputs.training_dataset(uncached, masker, config.batch_size, config.max_seq_len, seed=config.seed)
     started, sequences = time.perf_counter(), 0
-    for features, _, _ in pipeline.take(300):
+    for features, _, _ in stream.take(arguments.pipeline_batches):
         sequences += int(features["input_ids"].shape[0])
     pipeline_rate = sequences / (time.perf_counter() - started)   # first pass: tokenising as it goes
 
     # Real batches in memory, and the share of their positions that are real tokens.
-    batches = [batch for batch in pipeline.take(arguments.steps)]
+    batches = [batch for batch in stream.take(arguments.steps)]
     real_lengths = [int(n) for f, _, _ in batches
                     for n in tf.reduce_sum(tf.cast(f["input_ids"] != inputs.PAD_ID, tf.int32), axis=1)]
     real = sum(real_lengths)
@@ -161,8 +164,9 @@ def main():
     # 3. Our step, and 4. the reference step: every review cut/padded to max_seq_len, logits and
     # loss everywhere. Built one after the other (each under its own dtype policy), timed alternately.
     keras.utils.set_random_seed(config.seed)
-    model = masked_lm.build_masked_lm(vocab_size, config)
-    training.compile_masked_lm(model, config, total_steps=10_000)
+    model = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=vocab_size))
+    training.compile_masked_lm(model, pipeline.settings(training.ScheduleConfig, config), config.weight_decay,
+                               total_steps=10_000)
     before = rss_mb()
     for batch in batches:   # warm-up
         model.train_on_batch(*batch)
@@ -177,13 +181,13 @@ def main():
         reference_batches.append((padded, padded))   # labels at every position, padding included
     for batch in reference_batches:   # warm-up
         reference.train_on_batch(*batch)
-    medians = time_alternating({"ours": (lambda batch: model.train_on_batch(*batch), batches),
+    passes = time_alternating({"ours": (lambda batch: model.train_on_batch(*batch), batches),
                                 "reference": (lambda batch: reference.train_on_batch(*batch), reference_batches)},
                                rounds=arguments.rounds)
-    ours, reference_time = medians["ours"], medians["reference"]
+    ours, reference_time = passes["ours"] / len(batches), passes["reference"] / len(reference_batches)
     reference_memory = rss_mb()
-    ours_tokens = real / len(batches) / ours
-    ours_flops = model_flops(real_lengths, masked, config, vocab_size) / len(batches) / ours
+    ours_tokens = real / passes["ours"]   # all real tokens of the timed batches over the time they took
+    ours_flops = model_flops(real_lengths, masked, config, vocab_size) / passes["ours"]
     consumed = config.batch_size / ours
     reference_tokens = config.batch_size * config.max_seq_len / reference_time   # every position counted
 
@@ -216,4 +220,4 @@ def main():
 
 
 if __name__ == "__main__":
-    artifacts.run_stage(main)
+    pipeline.run_stage(main)

@@ -18,20 +18,20 @@ import json
 import os
 
 import config as config_module
-from imdb_bert import artifacts, vocab
+from imdb_bert import artifacts, pipeline
 
 
 def main():
     config, options = config_module.load_stage_config(__doc__, flags={
         "compare-scratch": "also train the same architecture from scratch and a bag-of-words baseline"})
     compare = options.compare_scratch
-    prepared_manifest, training_inputs = vocab.current_training_inputs(config)
-    run_manifest = artifacts.read_current(config.run_dir, "model_training", config, artifacts.training_keys(config),
-                                          training_inputs)
-    identity = artifacts.stage_identity(config, artifacts.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
+    prepared_manifest = pipeline.current_prepared(config)
+    run_manifest = pipeline.read_current(config.run_dir, "model_training", config, pipeline.training_keys(config),
+                                         pipeline.training_identity(config)["inputs"])
+    identity = pipeline.stage_identity(config, pipeline.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
     identity["config"]["compare_scratch"] = compare   # a comparison run has more to show
     folder = artifacts.classifier_dir(config.run_dir)
-    if artifacts.skip_if_up_to_date("classifier_training", folder, identity, options.force):
+    if pipeline.skip_if_up_to_date("classifier_training", folder, identity, options.force):
         return
     train(config, identity, folder, compare, prepared_manifest["splits"])
 
@@ -41,8 +41,8 @@ def train(config, identity, folder, compare, splits):
 
     import keras
 
-    from imdb_bert import classifier, export, probe, training
-    from imdb_bert import model as masked_lm
+    from imdb_bert import classifier, export, probe, training, vocab
+    from imdb_bert.model import BertEncoder, ModelConfig
 
     # Length-grouped batches have no known count, so every pass "runs out of data" by design; the
     # encoder's vocabulary bias belongs to the masked-LM head and rightly gets no gradient here.
@@ -54,9 +54,10 @@ def train(config, identity, folder, compare, splits):
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(training.resolve_precision(config.mixed_precision))
 
-    train_windows = classifier.window_dataset(classifier.labelled_reviews(prepared, "train"), tokenizer, config)
-    held_out_windows = classifier.window_dataset(classifier.labelled_reviews(prepared, "validation"),
-                                                 tokenizer, config)
+    train_windows, held_out_windows = (
+        classifier.labelled_review_windows(classifier.labelled_reviews(prepared, split), tokenizer,
+                                           config.max_seq_len, config.classifier_max_windows)
+        for split in ("train", "validation"))
     # data_prep counted each split's labels; unlabelled reviews are skipped.
     train_count, held_out_count = (splits[split]["labels"]["pos"] + splits[split]["labels"]["neg"]
                                    for split in ("train", "validation"))
@@ -65,13 +66,14 @@ def train(config, identity, folder, compare, splits):
                                    "split: the classifier needs labelled data (source package, official or tfds)")
     print(f"classifier_training: {train_count} labelled training reviews, {held_out_count} held-out reviews "
           f"(the validation split), up to {config.classifier_max_windows} windows of {config.max_seq_len} each")
-    train_data = classifier.batches(train_windows, config, shuffle_seed=config.seed)
-    held_out = classifier.batches(held_out_windows, config)
+    longest = config.classifier_max_windows * config.max_seq_len
+    train_data = classifier.batches(train_windows, config.batch_size, longest, shuffle_seed=config.seed)
+    held_out = classifier.batches(held_out_windows, config.batch_size, longest)
     steps_per_epoch = sum(1 for _ in train_data)
     total_steps = steps_per_epoch * config.classifier_epochs
 
     def fine_tune(name, encoder, work):
-        model = classifier.build_classifier(encoder, config)
+        model = classifier.SentimentClassifier(encoder, config.classifier_dropout)
         classifier.compile_classifier(model, config.classifier_learning_rate, total_steps)
         print(f"classifier_training: {name}: {config.classifier_epochs} epochs x {steps_per_epoch} steps")
         model.fit(train_data, validation_data=held_out, epochs=config.classifier_epochs, verbose=2, shuffle=False,
@@ -82,14 +84,14 @@ def train(config, identity, folder, compare, splits):
 
     with artifacts.atomic_dir(folder) as work:
         pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
-        model, results = fine_tune("pretrained", classifier.encoder_of(pretrained), work)
+        model, results = fine_tune("pretrained", pretrained.encoder, work)
         metrics = {"held_out": "validation split of data/prepared (labelled reviews only)",
                    "train_reviews": train_count, "held_out_reviews": held_out_count,
                    "epochs": config.classifier_epochs, "steps": total_steps,
                    "fine_tuned_pretrained": results}
         if compare:
             keras.utils.set_random_seed(config.seed)
-            scratch_encoder = classifier.encoder_of(masked_lm.build_masked_lm(len(tokens), config))
+            scratch_encoder = BertEncoder(pipeline.settings(ModelConfig, config, vocab_size=len(tokens)))
             metrics["same_architecture_from_scratch"] = fine_tune("scratch", scratch_encoder, work)[1]
             metrics["bag_of_words_logistic_regression"] = bag_of_words(prepared, config)
         model.save(os.path.join(work, "classifier.keras"))
@@ -124,4 +126,4 @@ def bag_of_words(prepared, config) -> dict:
 
 
 if __name__ == "__main__":
-    artifacts.run_stage(main)
+    pipeline.run_stage(main)

@@ -74,7 +74,7 @@ class Config:
     steps_per_epoch: int = 500        # 0: one full pass over the training windows
     validation_batches: int = 30      # per-epoch validation on this fixed subset (0: all); the
                                       # final metrics always use the whole validation split
-    learning_rate: float = 2e-3       # peak; the transformer schedule uses it as a multiplier
+    learning_rate: float = 2e-3       # the peak, reached after warm-up, in every schedule
     lr_schedule: str = "cosine"       # cosine (warm-up then cosine decay) | transformer
     warmup_steps: int = 300
     weight_decay: float = 0.01
@@ -152,7 +152,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # mixed_float16; bf16 on CPUs that have it, 1.4x faster there).
     "gpu": dict(vocab_size=30000, max_seq_len=256, batch_size=32, hidden_size=256, num_heads=4,
                 ffn_size=512, num_layers=4, dropout=0.0, norm_position="post", epochs=10,
-                lr_schedule="transformer", warmup_steps=4000, learning_rate=1.0, weight_decay=0.0,
+                # The original's schedule, hidden^-0.5 * min(step^-0.5, step * 4000^-1.5), peaks at
+                # 256^-0.5 * 4000^-0.5 = 9.88e-4 after 4000 steps.
+                lr_schedule="transformer", warmup_steps=4000, learning_rate=256 ** -0.5 * 4000 ** -0.5, weight_decay=0.0,
                 steps_per_epoch=0, validation_batches=0, classifier_epochs=3, classifier_max_windows=2,
                 classifier_learning_rate=1e-4),
     "cpu": dict(),

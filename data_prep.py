@@ -10,15 +10,15 @@ Does nothing if that output was already built from the same raw reviews and conf
 import time
 
 import config as config_module
-from imdb_bert import artifacts, corpus
+from imdb_bert import artifacts, corpus, pipeline
 
 
 def main():
     config, options = config_module.load_stage_config(__doc__, shorthands=("source",))
-    source, raw_folder, raw_manifest = corpus.find_raw(config)
-    identity = artifacts.stage_identity(config, artifacts.DATA_PREP_KEYS, {"raw": raw_manifest["fingerprint"]})
+    source, raw_folder, raw_manifest = pipeline.find_raw(config)
+    identity = pipeline.stage_identity(config, pipeline.DATA_PREP_KEYS, {"raw": raw_manifest["fingerprint"]})
     output = artifacts.prepared_dir(config.data_dir)
-    if artifacts.skip_if_up_to_date("data_prep", output, identity, options.force):
+    if pipeline.skip_if_up_to_date("data_prep", output, identity, options.force):
         return
     started = time.time()
 
@@ -45,4 +45,4 @@ def main():
 
 
 if __name__ == "__main__":
-    artifacts.run_stage(main)
+    pipeline.run_stage(main)

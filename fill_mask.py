@@ -12,7 +12,7 @@ import json
 import sys
 
 import config as config_module
-from imdb_bert import artifacts, probe
+from imdb_bert import artifacts, pipeline, probe
 
 
 def main():
@@ -24,13 +24,13 @@ def main():
     parser.add_argument("--run", help="run folder (default: the config's run folder)")
     config_module.add_config_arguments(parser)
     args = parser.parse_args()
+    if args.top_k is not None and args.top_k <= 0:
+        raise artifacts.StageError(f"--top-k must be a positive number of fills, got {args.top_k}")
     sentences = artifacts.texts_from_command_line(args.sentences, args.file, "sentence")
     run_dir = args.run or config_module.config_from_args(args).run_dir
 
     model, tokenizer, tokens, run_config = probe.load_run(run_dir)
-    top_k = args.top_k or run_config["top_k"]
-    if top_k <= 0:
-        raise artifacts.StageError(f"--top-k must be positive, got {top_k}")
+    top_k = run_config["top_k"] if args.top_k is None else args.top_k
     fills, failures = [], []
     for sentence in sentences:
         try:
@@ -51,4 +51,4 @@ def main():
 
 
 if __name__ == "__main__":
-    artifacts.run_stage(main)
+    pipeline.run_stage(main)

@@ -15,23 +15,7 @@ import os
 import re
 
 import config as config_module
-from imdb_bert import artifacts
-
-def fill_dicts(texts, outputs) -> list[dict]:
-    """The fill-mask signature's outputs as the probe's dicts, most probable first per mask."""
-    from imdb_bert.probe import fill_dict
-
-    fills = []
-    for row, text in enumerate(texts):
-        count = int(outputs["mask_count"][row])
-        if count == 0:
-            raise artifacts.StageError(f"no [MASK] in {text!r}: write [MASK] where a word should be predicted")
-        for mask_index in range(count):
-            fills += [fill_dict(text, mask_index, token.decode("utf-8"), probability, count > 1)
-                      for token, probability in zip(outputs["tokens"][row, mask_index],
-                                                    outputs["probabilities"][row, mask_index])]
-    return fills
-
+from imdb_bert import artifacts, pipeline
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,8 +33,8 @@ def main():
             signature = json.load(handle)["signature"]
     except (OSError, ValueError, KeyError):
         raise artifacts.StageError(f"{folder} is not a finished export (export.json missing or unreadable): run "
-                                   "python classifier_training.py (sentiment) or python model_training.py "
-                                   "(fill_mask_export), or pass --export FOLDER") from None
+                                   f"{pipeline.COMMANDS['classifier_training']} (sentiment) or "
+                                   f"{pipeline.COMMANDS['model_training']} (fill_mask_export), or pass --export FOLDER") from None
 
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer's ops the export uses)
@@ -63,7 +47,9 @@ def main():
         reason = re.search(r"assertion failed: \[([^\]]*)\]", error.message)
         raise artifacts.StageError(reason.group(1) if reason else error.message.strip().splitlines()[-1]) from None
     if signature == "fill_mask":
-        results = fill_dicts(texts, outputs)
+        from imdb_bert.probe import fills_from_outputs
+
+        results = fills_from_outputs(texts, outputs)
     else:
         results = [{"text": text, "label": label.decode("utf-8"), "probability_positive": round(float(p), 6)}
                    for text, label, p in zip(texts, outputs["label"], outputs["probability_positive"])]
@@ -75,4 +61,4 @@ def main():
 
 
 if __name__ == "__main__":
-    artifacts.run_stage(main)
+    pipeline.run_stage(main)

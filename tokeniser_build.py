@@ -11,17 +11,16 @@ import os
 import time
 
 import config as config_module
-from imdb_bert import artifacts, corpus, vocab
+from imdb_bert import artifacts, corpus, pipeline, vocab
 
 
 def main():
     config, options = config_module.load_stage_config(__doc__)
     prepared = artifacts.prepared_dir(config.data_dir)
-    prepared_manifest = artifacts.read_current(prepared, "data_prep", config, artifacts.DATA_PREP_KEYS,
-                                               corpus.current_raw_inputs(config))
-    identity = artifacts.stage_identity(config, artifacts.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
+    prepared_manifest = pipeline.current_prepared(config)
+    identity = pipeline.stage_identity(config, pipeline.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
     output = artifacts.vocab_dir(config.data_dir)
-    if artifacts.skip_if_up_to_date("tokeniser_build", output, identity, options.force):
+    if pipeline.skip_if_up_to_date("tokeniser_build", output, identity, options.force):
         return
 
     train_texts = corpus.split_texts(prepared, "train")
@@ -45,4 +44,4 @@ def main():
 
 
 if __name__ == "__main__":
-    artifacts.run_stage(main)
+    pipeline.run_stage(main)

@@ -2,12 +2,9 @@
 
 A stage writes its whole output folder under a temporary name and renames it into place only
 after the manifest is written, so a folder that exists with a manifest is finished; a crash
-leaves at most a `*.partial-*` folder that nobody reads.
-
-Each manifest records the stage's *identity*: the config values the stage depends on and the
-fingerprints of the inputs it read. A stage whose identity is unchanged does nothing when rerun;
-a stage that reads an upstream output built for other config values refuses with the command to
-rerun. The fingerprint of an output is a hash of all its files, recorded in its manifest.
+leaves at most a `*.partial-*` folder that nobody reads. The fingerprint of an output is a hash
+of all its files, recorded in its manifest. Which stage depends on what, and whether an output
+is current, is `pipeline.py`'s business.
 """
 
 from __future__ import annotations
@@ -25,18 +22,6 @@ import time
 MANIFEST = "manifest.json"
 SENTIMENT_EXPORT = "sentiment_export"   # inside classifier_dir(run_dir)
 
-# The command that (re)builds each stage's output, for error messages.
-COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
-            "tokeniser_build": "python tokeniser_build.py", "model_training": "python model_training.py",
-            "classifier_training": "python classifier_training.py"}
-# Config values each stage's output depends on. Training depends on every key except
-# NOT_TRAINING_KEYS (where files go, how often to checkpoint, what to print, which devices share
-# the work): changing those must not retrain hours of work.
-DATA_PREP_KEYS = ("source", "validation_fraction", "split_seed", "num_shards")
-VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
-CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_dropout")
-NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases",
-                     "top_k", "strategy") + CLASSIFIER_KEYS
 # Writing failures that mean "the disk is full", not a bug.
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
@@ -114,16 +99,6 @@ def write_json(path: str, value) -> None:
         raise
 
 
-def stage_identity(config, keys, inputs: dict[str, str]) -> dict:
-    """What a stage's output depends on: the `keys` of `config` and the input fingerprints."""
-    values = config.as_dict()
-    return {"config": {key: values[key] for key in keys}, "inputs": dict(inputs)}
-
-
-def training_keys(config) -> tuple[str, ...]:
-    return tuple(key for key in config.as_dict() if key not in NOT_TRAINING_KEYS)
-
-
 def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
     """Write `folder/manifest.json`: the stage, its identity, the given fields, and every file
     in `folder` with its size plus a fingerprint (hash) of all of them."""
@@ -140,49 +115,6 @@ def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
     manifest = {"stage": stage, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **identity,
                 "fingerprint": digest.hexdigest()[:16], **fields, "files": files}
     write_json(os.path.join(folder, MANIFEST), manifest)
-    return manifest
-
-
-def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
-    """True (after saying so) when `force` is off and `folder` was built with exactly `identity`
-    and still has all its files with their recorded sizes; else False (the stage must run)."""
-    if force:
-        return False
-    try:
-        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, json.JSONDecodeError):
-        return False
-    if manifest.get("config") != identity["config"] or manifest.get("inputs") != identity["inputs"]:
-        return False
-    for name, size in manifest.get("files", {}).items():
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path) or os.path.getsize(path) != size:
-            return False
-    print(f"{stage}: up to date — {folder} was built from the same inputs and config (--force redoes it)")
-    return True
-
-
-def changed_values(old: dict, new: dict) -> str:
-    """`key old -> new` for each value that differs, for messages."""
-    return ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}"
-                     for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
-
-
-def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict[str, str] | None = None) -> dict:
-    """The manifest of upstream `stage`'s output, refusing if it is missing, was built for other
-    values of `keys` than `config` has, or from other inputs than `input_fingerprints`."""
-    command = COMMANDS[stage]
-    manifest = read_manifest(folder, f"run: {command}")
-    wanted = stage_identity(config, keys, {})["config"]
-    built = {key: manifest.get("config", {}).get(key) for key in keys}
-    if built != wanted:
-        raise StageError(f"{folder} is stale: it was built for {changed_values(built, wanted).replace('->', 'but config says')}"
-                         f": rerun {command}")
-    for name, fingerprint in (input_fingerprints or {}).items():
-        if manifest.get("inputs", {}).get(name) != fingerprint:
-            raise StageError(f"{folder} is stale: it was built from an older {name} output than the one "
-                             f"there now: rerun {command}")
     return manifest
 
 
@@ -216,19 +148,3 @@ def texts_from_command_line(given: list[str], file: str | None, what: str) -> li
     if not texts:
         raise StageError(f"no {what} given: pass one in quotes, or --file FILE (- for stdin)")
     return texts
-
-
-def run_stage(main) -> None:
-    """Run a stage's `main()`: user errors become one line on stderr and exit code 2."""
-    try:
-        main()
-    except Exception as error:
-        # StageError, and config.py's ConfigError, mark themselves as the user's to fix.
-        if not getattr(error, "user_error", False):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished outputs are untouched, nothing half-written is kept; rerun to "
-              "continue (training resumes from its last checkpoint)", file=sys.stderr)
-        sys.exit(130)

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from imdb_bert import corpus, inputs
+from imdb_bert import corpus, inputs, training
 
 
 def labelled_reviews(prepared: str, split: str) -> tf.data.Dataset:
@@ -23,11 +23,10 @@ def labelled_reviews(prepared: str, split: str) -> tf.data.Dataset:
             .map(lambda example: (example["text"], example["label"])))
 
 
-def window_dataset(reviews: tf.data.Dataset, tokenizer, config) -> tf.data.Dataset:
+def labelled_review_windows(reviews: tf.data.Dataset, tokenizer, max_seq_len: int, max_windows: int) -> tf.data.Dataset:
     """(windows [w, s] int32, label) per review, tokenised once and cached."""
     def to_windows(texts, labels):
-        windows = inputs.review_windows(tokenizer, texts, config.max_seq_len, config.classifier_max_windows)
-        return windows, labels
+        return inputs.review_windows(tokenizer, texts, max_seq_len, max_windows), labels
 
     return (reviews.batch(256)
             .map(to_windows, num_parallel_calls=tf.data.AUTOTUNE)
@@ -36,16 +35,12 @@ def window_dataset(reviews: tf.data.Dataset, tokenizer, config) -> tf.data.Datas
             .cache())
 
 
-def batches(windows: tf.data.Dataset, config, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches of `batch_size` reviews of similar length (padded to [reviews, windows, ids]);
-    shuffled each epoch when `shuffle_seed` is given."""
+def batches(windows: tf.data.Dataset, batch_size: int, longest: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Batches of `batch_size` reviews of similar length (padded to [reviews, windows, ids]; `longest`
+    is the most ids a review holds); shuffled each epoch when `shuffle_seed` is given."""
     if shuffle_seed is not None:
         windows = windows.shuffle(25_000, seed=shuffle_seed, reshuffle_each_iteration=True)
-    longest = config.classifier_max_windows * config.max_seq_len
-    boundaries = list(range(32, longest + 1, 32))
-    return (windows
-            .bucket_by_sequence_length(lambda review, label: tf.size(review), boundaries,
-                                       [config.batch_size] * (len(boundaries) + 1))
+    return (inputs.batch_by_length(windows, lambda review, label: tf.size(review), batch_size, longest)
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -74,32 +69,38 @@ class MeanOverReview(layers.Layer):
         return (windows_shape[0], hidden_shape[-1])
 
 
-def encoder_of(masked_lm: keras.Model) -> keras.Model:
-    """The encoder inside a masked-LM model: input_ids -> final hidden states (its weights, shared)."""
-    names = [layer.name for layer in masked_lm.layers]
-    last = "final_norm" if "final_norm" in names else [name for name in names if name.startswith("block_")][-1]
-    return keras.Model(masked_lm.input["input_ids"], masked_lm.get_layer(last).output, name="encoder")
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class SentimentClassifier(keras.Model):
+    """Review windows [reviews, windows, ids] -> one sentiment logit per review (> 0: positive): the
+    encoder with a pooling and a one-logit head put on it."""
+
+    def __init__(self, encoder: keras.Model, dropout: float = 0.1, **kwargs):
+        windows = keras.Input(shape=(None, None), dtype="int32", name="windows")
+        policy = encoder.layer_policy
+        hidden = encoder(FlattenWindows(name="flatten_windows", dtype=policy)(windows))
+        pooled = MeanOverReview(name="mean_over_review", dtype=policy)(hidden, windows)
+        pooled = layers.Dropout(dropout, name="classifier_dropout", dtype=policy)(pooled)
+        logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
+        super().__init__(windows, ops.squeeze(logit, -1), **{"name": "sentiment_classifier", **kwargs})
+        self.encoder, self.dropout_rate = encoder, dropout
+
+    def get_config(self):
+        return {"name": self.name, "dropout": self.dropout_rate, "encoder": keras.saving.serialize_keras_object(self.encoder)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
 
 
-def build_classifier(encoder: keras.Model, config) -> keras.Model:
-    """Review windows [reviews, windows, ids] -> one sentiment logit per review (> 0: positive)."""
-    windows = keras.Input(shape=(None, None), dtype="int32", name="windows")
-    hidden = encoder(FlattenWindows(name="flatten_windows")(windows))
-    pooled = MeanOverReview(name="mean_over_review")(hidden, windows)
-    pooled = layers.Dropout(config.classifier_dropout, name="classifier_dropout")(pooled)
-    logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
-    return keras.Model(windows, ops.squeeze(logit, -1), name="sentiment_classifier")
-
-
-def compile_classifier(model: keras.Model, learning_rate: float, total_steps: int) -> None:
+def compile_classifier(model: SentimentClassifier, learning_rate: float, total_steps: int) -> None:
     """AdamW with a 10% linear warm-up and cosine decay; binary cross-entropy on the logit."""
     warmup = max(total_steps // 10, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps - warmup, 1), alpha=0.0)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.01, clipnorm=1.0)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embeddings", "positions"])
-    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    model.compile(optimizer=training.adamw(schedule, 0.01, model.encoder),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
 
 

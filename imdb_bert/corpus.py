@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imdb_bert import artifacts
+from imdb_bert import artifacts, pipeline
 
 LABEL_NAMES = {1: "pos", 0: "neg", -1: "unlabelled"}
 PACKAGE_CSV = "reviews.csv"
@@ -76,7 +76,7 @@ def read_official(folder: str) -> tuple[list[Review], int]:
             undecodable += replaced
             reviews.append(Review(text, label))
     if not reviews:
-        raise artifacts.StageError(f"no review files under {folder}: rerun ./download.sh --force")
+        raise artifacts.StageError(f"no review files under {folder}: {pipeline.rerun('download', '--force')}")
     return reviews, undecodable
 
 
@@ -86,7 +86,7 @@ def read_package_csv(path: str) -> tuple[list[Review], int]:
         text, replaced = decode_bytes(handle.read())
     rows = csv.DictReader(io.StringIO(text, newline=""))
     if rows.fieldnames is None or not {"text", "label"} <= set(rows.fieldnames):
-        raise artifacts.StageError(f"{path} lacks the text,label header: rerun ./download.sh --force")
+        raise artifacts.StageError(f"{path} lacks the text,label header: {pipeline.rerun('download', '--force')}")
     reviews = [Review(row["text"] or "", int(row["label"])) for row in rows]
     return reviews, int(replaced)
 
@@ -139,37 +139,8 @@ def export_package_reviews(destination: str) -> int:
     return len(rows)
 
 
-def find_raw(config) -> tuple[str, str | None, dict]:
-    """(source, raw folder, its manifest) of the configured source; `auto` takes the official
-    reviews if download.sh unpacked them, else the package copy. TFDS has no raw folder."""
-    if config.source == "tfds":
-        return "tfds", None, {"fingerprint": "tfds:imdb_reviews", "origin": "tensorflow-datasets imdb_reviews"}
-    raw = artifacts.raw_dir(config.data_dir)
-    source = config.source
-    if source == "auto":
-        present = [name for name in ("official", "package")
-                   if os.path.isfile(os.path.join(raw, name, artifacts.MANIFEST))]
-        if not present:
-            raise artifacts.StageError(f"no raw reviews in {raw}: run ./download.sh first")
-        source = present[0]
-    folder = os.path.join(raw, source)
-    manifest = artifacts.read_manifest(folder, f"run ./download.sh --source {source}")
-    # download.sh's manifests carry the archive's (or CSV's) SHA-256 as their fingerprint.
-    manifest.setdefault("fingerprint", manifest.get("sha256", "")[:16])
-    return source, folder, manifest
-
-
-def current_raw_inputs(config) -> dict[str, str]:
-    """`{"raw": fingerprint}` of the raw reviews data_prep would read now, to check that the
-    prepared data is not stale; empty if the raw reviews were deleted (nothing to compare)."""
-    try:
-        return {"raw": find_raw(config)[2]["fingerprint"]}
-    except artifacts.StageError:
-        return {}
-
-
 def read_raw(source: str, folder: str | None) -> tuple[list[Review], int]:
-    """The reviews of a source found by `find_raw`, and how many had undecodable bytes."""
+    """The reviews of a source found by `pipeline.find_raw`, and how many had undecodable bytes."""
     if source == "tfds":
         return read_tfds()
     if source == "official":
@@ -206,7 +177,7 @@ def split_reviews(reviews: list[Review], validation_fraction: float, seed: int) 
     validation_count = max(1, int(round(len(reviews) * validation_fraction)))
     if validation_count >= len(reviews):
         raise artifacts.StageError(f"only {len(reviews)} non-empty distinct reviews: too few to split off a "
-                                   "validation set — check the raw reviews (rerun ./download.sh --force)")
+                                   f"validation set — check the raw reviews ({pipeline.rerun('download', '--force')})")
     validation = sorted(order[:validation_count])
     train = sorted(order[validation_count:])
     return {"train": [reviews[i] for i in train], "validation": [reviews[i] for i in validation]}
@@ -247,11 +218,11 @@ def load_split(prepared: str, split: str):
     """A tf.data.Dataset of {"text", "label"} dicts from one split's shards, in file order."""
     import tensorflow as tf
 
-    manifest = artifacts.read_manifest(prepared, "run: python data_prep.py")
+    manifest = artifacts.read_manifest(prepared, f"run: {pipeline.COMMANDS['data_prep']}")
     files = [os.path.join(prepared, name) for name in manifest["shards"][split]]
     missing = [path for path in files if not os.path.isfile(path)]
     if missing:
-        raise artifacts.StageError(f"{missing[0]} is missing: rerun python data_prep.py")
+        raise artifacts.StageError(f"{missing[0]} is missing: {pipeline.rerun('data_prep')}")
     features = {"text": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
     return tf.data.TFRecordDataset(files).map(lambda record: tf.io.parse_single_example(record, features))
 
@@ -264,6 +235,6 @@ def split_texts(prepared: str, split: str) -> list[str]:
 if __name__ == "__main__":
     # download.sh's offline fallback: python -m imdb_bert.corpus export-package DEST
     if len(sys.argv) == 3 and sys.argv[1] == "export-package":
-        artifacts.run_stage(lambda: print(export_package_reviews(sys.argv[2])))
+        pipeline.run_stage(lambda: print(export_package_reviews(sys.argv[2])))
     else:
         sys.exit("usage: python -m imdb_bert.corpus export-package DEST")

@@ -21,7 +21,7 @@ import os
 import keras
 import tensorflow as tf
 
-from imdb_bert import inputs, vocab
+from imdb_bert import inputs, probe, vocab
 
 EXPORT_INFO = "export.json"
 
@@ -37,18 +37,8 @@ class FillMaskExport(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sentences")])
     def fill_mask(self, sentences):
-        ids = inputs.encode_phrases(self.tokenizer, sentences)
-        too_long = tf.debugging.assert_less_equal(ids.row_lengths(), tf.cast(self.max_seq_len, tf.int64),
-                                                  message=f"a sentence is longer than {self.max_seq_len} word pieces")
-        with tf.control_dependencies([too_long]):   # check before the model sees an impossible position
-            ids = ids.to_tensor(default_value=inputs.PAD_ID)
-        where = tf.where(tf.equal(ids, inputs.MASK_ID))                           # [masks, (row, col)]
-        positions = tf.RaggedTensor.from_value_rowids(tf.cast(where[:, 1], tf.int32), where[:, 0],
-                                                      nrows=tf.shape(ids, out_type=tf.int64)[0])
-        logits = self.model({"input_ids": ids, "masked_positions": positions.to_tensor()}, training=False)
-        probabilities, token_ids = tf.math.top_k(tf.nn.softmax(tf.cast(logits, tf.float32)), k=self.top_k)
-        return {"tokens": tf.gather(self.tokens, token_ids), "probabilities": probabilities,
-                "mask_count": tf.cast(positions.row_lengths(), tf.int32)}
+        return probe.fill_mask_outputs(self.model, self.tokenizer, self.tokens, sentences, self.top_k,
+                                       self.max_seq_len)
 
 
 class ClassifyExport(tf.Module):

@@ -9,6 +9,7 @@ cached after tokenisation, and masking runs after the cache, so every epoch sees
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import tensorflow as tf
 import tensorflow_text as text
@@ -18,6 +19,7 @@ from imdb_bert.vocab import CLS, MASK, PAD, RESERVED_TOKENS, SEP
 
 PAD_ID, MASK_ID, CLS_ID, SEP_ID = (RESERVED_TOKENS.index(token) for token in (PAD, MASK, CLS, SEP))
 SPECIAL_IDS = list(range(len(RESERVED_TOKENS)))
+FIRST_TOKEN_ID = len(RESERVED_TOKENS)   # ids from here on are ordinary word pieces
 
 
 def max_predictions(max_seq_len: int, mask_rate: float) -> int:
@@ -48,22 +50,74 @@ def split_into_windows(token_ids: tf.RaggedTensor, window: int, keep_empty: bool
     return tf.RaggedTensor.from_row_lengths(token_ids.flat_values, window_lengths.flat_values)
 
 
-def make_masker(vocab_size: int, config, with_original_ids: bool = False):
-    """A function: ragged window batch -> (model inputs, masked token labels, label weights).
+@dataclass(frozen=True)
+class MaskingConfig:
+    """Which tokens a masked-LM batch hides, and how (BERT: 15%, then 80% [MASK] / 10% random / 10% kept)."""
+    mask_rate: float = 0.15
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    max_seq_len: int = 128            # caps the prediction slots of one window
 
-    Selection (`mask_rate` of the non-special tokens, rounded up) and the 80/10/10 replacement
-    are tensorflow-text's `RandomItemSelector` and `MaskValuesChooser`. Inputs are padded to the
-    longest window of the batch (batches come grouped by length, so little padding is left);
-    prediction slots to the most selections in the batch, with zero weight.
+
+class SeededItemSelector(text.RandomItemSelector):
+    """tensorflow-text's `RandomItemSelector` (ceil(`selection_rate` x selectable items) per row, at
+    most `max_selections` per row), with stateless draws from `seed`: the same seed and batch
+    always select the same items, whatever order a parallel map runs batches in.
+    """
+
+    def __init__(self, seed, max_selections: int, selection_rate: float, unselectable_ids):
+        super().__init__(max_selections, selection_rate, unselectable_ids)
+        self.seed = seed
+
+    def get_selection_mask(self, input_ids, axis=1):
+        selectable = self.get_selectable(input_ids, axis)                     # [rows, (items)] bool
+        scores = tf.random.stateless_uniform(tf.shape(selectable.flat_values), self.seed)
+        scores = selectable.with_flat_values(tf.where(selectable.flat_values, scores, 2.0))
+        wanted = tf.math.ceil(tf.reduce_sum(tf.cast(selectable, tf.float32), axis=1) * self.selection_rate)
+        wanted = tf.minimum(tf.cast(wanted, tf.int32), self.max_selections_per_batch)
+        # Each item's rank by score in its row; the `wanted` lowest scores are selected.
+        ranks = tf.argsort(tf.argsort(scores.to_tensor(default_value=3.0), axis=1), axis=1)
+        ranks = tf.RaggedTensor.from_tensor(ranks, lengths=selectable.row_lengths())
+        return tf.logical_and(ranks < tf.expand_dims(wanted, 1), selectable)
+
+
+class SeededMaskValuesChooser(text.MaskValuesChooser):
+    """tensorflow-text's `MaskValuesChooser` with stateless draws from `seed`, whose random
+    replacements are drawn from the ordinary tokens only: a random [PAD] would be hidden from
+    attention, a random [CLS] or [SEP] would fake a sequence boundary."""
+
+    def __init__(self, seed, vocab_size: int, mask_token: int, mask_token_rate: float, random_token_rate: float):
+        super().__init__(vocab_size, mask_token, mask_token_rate, random_token_rate)
+        self.seed, self.mask_share = seed, mask_token_rate   # the base class keeps its rate private
+
+    def get_mask_values(self, masked_lm_ids):
+        ids = masked_lm_ids.flat_values
+        choose_seed, token_seed = tf.unstack(tf.random.experimental.stateless_split(self.seed, 2))
+        draw = tf.random.stateless_uniform(tf.shape(ids), choose_seed)
+        random_ids = tf.random.stateless_uniform(tf.shape(ids), token_seed, minval=FIRST_TOKEN_ID,
+                                                 maxval=self.vocab_size, dtype=tf.int64)
+        values = tf.where(draw < self.mask_share, tf.cast(self.mask_token, ids.dtype),
+                          tf.where(draw < self.mask_share + self.random_token_rate,
+                                   tf.cast(random_ids, ids.dtype), ids))
+        return masked_lm_ids.with_flat_values(values)
+
+
+def make_masker(vocab_size: int, masking: MaskingConfig, with_original_ids: bool = False):
+    """A function: (ragged window batch, seed [2]) -> (model inputs, masked token labels, label weights).
+
+    Selection (`mask_rate` of the non-special tokens, rounded up) and the 80/10/10 replacement go
+    through tensorflow-text's `mask_language_model`; the draws are stateless, from `seed`. Inputs
+    are padded to the longest window of the batch (batches come grouped by length, so little
+    padding is left); prediction slots to the most selections in the batch, with zero weight.
     With `with_original_ids`, the padded unmasked ids come first in the tuple (for evaluation).
     """
-    slots = max_predictions(config.max_seq_len, config.mask_rate)
-    selector = text.RandomItemSelector(max_selections_per_batch=slots, selection_rate=config.mask_rate,
-                                       unselectable_ids=SPECIAL_IDS)
-    chooser = text.MaskValuesChooser(vocab_size, MASK_ID, mask_token_rate=config.mask_token_rate,
-                                     random_token_rate=config.random_token_rate)
+    slots = max_predictions(masking.max_seq_len, masking.mask_rate)
 
-    def mask(windows: tf.RaggedTensor):
+    def mask(windows: tf.RaggedTensor, seed):
+        select_seed, value_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+        selector = SeededItemSelector(select_seed, slots, masking.mask_rate, SPECIAL_IDS)
+        chooser = SeededMaskValuesChooser(value_seed, vocab_size, MASK_ID, masking.mask_token_rate,
+                                          masking.random_token_rate)
         ids, _ = text.combine_segments([windows], start_of_sequence_id=CLS_ID, end_of_segment_id=SEP_ID)
         masked_ids, positions, labels = text.mask_language_model(ids, selector, chooser)
         # Slots are padded to the batch's most selections, not to the cap: batches are grouped by
@@ -79,19 +133,19 @@ def make_masker(vocab_size: int, config, with_original_ids: bool = False):
     return mask
 
 
-def length_buckets(longest: int, batch_size: int) -> tuple[list[int], list[int]]:
-    """Bucket boundaries 8 tokens apart up to `longest`, and one batch size per bucket."""
+def batch_by_length(items: tf.data.Dataset, length_of, batch_size: int, longest: int,
+                    drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of `batch_size` items of similar `length_of(item)` (buckets 8 apart up to `longest`),
+    padded to their longest member, so padding is rare."""
     boundaries = list(range(8, longest + 1, 8))
-    return boundaries, [batch_size] * (len(boundaries) + 1)
+    return items.bucket_by_sequence_length(length_of, boundaries, [batch_size] * (len(boundaries) + 1),
+                                           pad_to_bucket_boundary=False, drop_remainder=drop_remainder)
 
 
-def batch_by_length(windows: tf.data.Dataset, batch_size: int, max_seq_len: int,
-                    drop_remainder: bool) -> tf.data.Dataset:
-    """Ragged batches of windows of similar length (buckets 8 tokens wide), so padding is rare."""
-    boundaries, batch_sizes = length_buckets(max_seq_len - 2, batch_size)
-    return (windows
-            .bucket_by_sequence_length(tf.size, boundaries, batch_sizes,
-                                       pad_to_bucket_boundary=False, drop_remainder=drop_remainder)
+def ragged_windows_by_length(windows: tf.data.Dataset, batch_size: int, max_seq_len: int,
+                             drop_remainder: bool) -> tf.data.Dataset:
+    """Ragged batches of pretraining windows of similar length."""
+    return (batch_by_length(windows, tf.size, batch_size, max_seq_len, drop_remainder)
             .map(lambda dense: tf.RaggedTensor.from_tensor(dense, padding=PAD_ID)))
 
 
@@ -101,7 +155,7 @@ def tokenize_reviews(tokenizer, texts: tf.Tensor) -> tf.RaggedTensor:
 
 
 def window_dataset(prepared: str, split: str, tokenizer, max_seq_len: int) -> tf.data.Dataset:
-    """Token windows (1-D int64 tensors) of one split, tokenised once and cached in memory."""
+    """Pretraining windows (1-D int64 tensors) of one split, tokenised once and cached in memory."""
     window = max_seq_len - 2
 
     def to_windows(texts):
@@ -116,15 +170,20 @@ def window_dataset(prepared: str, split: str, tokenizer, max_seq_len: int) -> tf
             .cache())
 
 
-def training_dataset(windows: tf.data.Dataset, masker, config, seed: int) -> tf.data.Dataset:
+def training_dataset(windows: tf.data.Dataset, masker, batch_size: int, max_seq_len: int,
+                     seed: int, start_batch: int = 0) -> tf.data.Dataset:
     """Endless shuffled batches, freshly masked each time a window comes round (dynamic masking).
 
-    `seed` fixes both the shuffling and the masking draws.
+    `seed` fixes the stream: the shuffle is seeded, batching is in order, and batch number i is
+    masked with the stateless seed (seed, i). So the same seed always gives the same batches and
+    masks, and `start_batch` (a resumed run's optimizer step) continues the stream exactly where an
+    uninterrupted run would be: the skipped batches are only shuffled and grouped, never masked.
     """
-    tf.random.set_seed(seed)
     shuffled = windows.shuffle(20_000, seed=seed, reshuffle_each_iteration=True).repeat()
-    return shard_by_batch(batch_by_length(shuffled, config.batch_size, config.max_seq_len, drop_remainder=True)
-                          .map(masker, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = ragged_windows_by_length(shuffled, batch_size, max_seq_len, drop_remainder=True).skip(start_batch)
+    return shard_by_batch(batches.enumerate(start=start_batch)
+                          .map(lambda index, batch: masker(batch, tf.stack([tf.cast(seed, tf.int64), index])),
+                               num_parallel_calls=tf.data.AUTOTUNE)
                           .prefetch(tf.data.AUTOTUNE))
 
 
@@ -140,29 +199,19 @@ def shard_by_batch(batches: tf.data.Dataset) -> tf.data.Dataset:
     return batches.with_options(options)
 
 
-def validation_dataset(windows: tf.data.Dataset, vocab_size: int, config) -> tf.data.Dataset:
-    """Validation batches with one fixed, seeded masking: the same masks every epoch and every run.
-
-    tensorflow-text's selector shuffles each row inside a parallel `map_fn`, so the draws of a batch
-    interleave differently from run to run. Here each window is masked alone, in order, from a
-    seeded stream, and the masked windows are then grouped by length like the training batches.
-    """
-    masker = make_masker(vocab_size, config)
-
-    def mask_one(window):
-        features, labels, weights = masker(tf.RaggedTensor.from_tensor(window[tf.newaxis, :]))
+def validation_dataset(windows: tf.data.Dataset, masker, batch_size: int, max_seq_len: int,
+                       seed: int) -> tf.data.Dataset:
+    """Validation batches with one fixed masking: window number i is masked alone with the stateless
+    seed (seed, i), so the masks are the same every epoch and every run whatever the batching; the
+    masked windows are then grouped by length like the training batches."""
+    def mask_one(index, window):
+        features, labels, weights = masker(tf.RaggedTensor.from_tensor(window[tf.newaxis, :]),
+                                           tf.stack([tf.cast(seed, tf.int64), index]))
         return {name: value[0] for name, value in features.items()}, labels[0], weights[0]
 
-    sequential = tf.data.Options()
-    sequential.experimental_optimization.map_parallelization = False
-    sequential.experimental_optimization.inject_prefetch = False
-    boundaries, batch_sizes = length_buckets(config.max_seq_len, config.batch_size)
-    tf.random.set_seed(config.seed)
-    return shard_by_batch(windows
-                          .map(mask_one)
-                          .with_options(sequential)
-                          .bucket_by_sequence_length(lambda features, labels, weights: tf.size(features["input_ids"]),
-                                                     boundaries, batch_sizes)
+    return shard_by_batch(batch_by_length(windows.enumerate().map(mask_one, num_parallel_calls=tf.data.AUTOTUNE),
+                                          lambda features, labels, weights: tf.size(features["input_ids"]),
+                                          batch_size, max_seq_len)
                           .cache()
                           .prefetch(tf.data.AUTOTUNE))
 

@@ -1,8 +1,10 @@
-"""A BERT encoder with a masked-language-model head, as Keras 3 layers in a functional model.
+"""A BERT encoder, and the masked-language-model head put on it, as Keras 3 layers and models.
 
-The model takes `input_ids` [batch, seq] and `masked_positions` [batch, predictions] and returns
-vocabulary logits only at the masked positions [batch, predictions, vocab]: the output
-projection, by far the largest matmul at vocab 30k, runs on ~15% of the positions.
+`BertEncoder(ModelConfig(...))` maps `input_ids` [batch, seq] to hidden states. `BertMaskedLM(encoder)`
+takes `input_ids` and `masked_positions` [batch, predictions] and returns vocabulary logits only
+at the masked positions [batch, predictions, vocab]: the output projection, by far the largest
+matmul at vocab 30k, runs on ~15% of the positions. The classifier head is put on the same
+encoder object (imdb_bert/classifier.py).
 
 Choices:
 - Learned position embeddings (as BERT); attention head size is hidden_size / num_heads.
@@ -16,6 +18,9 @@ Every layer's `get_config` round-trips its constructor, so `.keras` files reload
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import keras
 from keras import layers, ops
@@ -159,30 +164,128 @@ class GatherPositions(layers.Layer):
         return tuple(positions_shape) + (hidden_shape[-1],)
 
 
-def build_masked_lm(vocab_size: int, config) -> keras.Model:
-    """The masked-LM model for a vocabulary size and a `Config` (shape fields only)."""
-    input_ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
-    masked_positions = keras.Input(shape=(None,), dtype="int32", name="masked_positions")
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of the encoder (and of the masked-LM head on it)."""
+    vocab_size: int
+    max_seq_len: int = 128            # including [CLS] and [SEP]
+    hidden_size: int = 128
+    num_heads: int = 4
+    ffn_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.0
+    norm_position: str = "pre"        # pre | post
+    activation: str = "gelu"          # gelu | relu
+    tie_embeddings: bool = True       # the masked-LM head scores against the token embedding table
 
-    padding_mask = PaddingMask(name="padding_mask")(input_ids)
-    token_embedding = TiedTokenEmbedding(vocab_size, config.hidden_size, name="token_embedding")
-    x = PositionEmbedding(config.max_seq_len, name="position_embedding")(token_embedding(input_ids))
-    if config.norm_position == "post":
-        x = layers.LayerNormalization(epsilon=1e-6, name="embedding_norm")(x)
-    x = layers.Dropout(config.dropout, name="embedding_dropout")(x)
-    for index in range(config.num_layers):
-        x = TransformerBlock(config.hidden_size, config.num_heads, config.ffn_size, config.dropout,
-                             config.norm_position, config.activation, name=f"block_{index}")(x, padding_mask)
-    if config.norm_position == "pre":
-        x = layers.LayerNormalization(epsilon=1e-6, name="final_norm")(x)
 
-    # BERT's prediction head: transform, normalise, then score against the (tied) embeddings.
-    x = GatherPositions(name="gather_masked")(x, masked_positions)
-    x = layers.Dense(config.hidden_size, activation=ACTIVATIONS[config.activation], name="mlm_transform")(x)
-    x = layers.LayerNormalization(epsilon=1e-6, name="mlm_norm")(x)
-    if config.tie_embeddings:
-        logits = token_embedding(x, reverse=True)
-    else:
-        logits = layers.Dense(vocab_size, name="mlm_output", dtype="float32")(x)
-    return keras.Model({"input_ids": input_ids, "masked_positions": masked_positions}, logits,
-                       name="bert_masked_lm")
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class BertEncoder(keras.Model):
+    """input_ids [batch, seq] -> hidden states [batch, seq, hidden]: embeddings and transformer blocks.
+
+    `token_embedding` is the table a masked-LM head scores against; heads are put on the encoder
+    (`BertMaskedLM`, `classifier.build_classifier`), so fine-tuning takes the encoder object.
+    """
+
+    def __init__(self, config: ModelConfig | dict, dtype=None, **kwargs):
+        config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        # Every layer takes the policy the encoder was built under (or is given when it is reloaded),
+        # so a model trained in mixed precision reloads as it was in a process that set no policy.
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
+        input_ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
+        padding_mask = PaddingMask(name="padding_mask", dtype=policy)(input_ids)
+        token_embedding = TiedTokenEmbedding(config.vocab_size, config.hidden_size, name="token_embedding", dtype=policy)
+        position_embedding = PositionEmbedding(config.max_seq_len, name="position_embedding", dtype=policy)
+        x = position_embedding(token_embedding(input_ids))
+        if config.norm_position == "post":
+            x = layers.LayerNormalization(epsilon=1e-6, name="embedding_norm", dtype=policy)(x)
+        x = layers.Dropout(config.dropout, name="embedding_dropout", dtype=policy)(x)
+        for index in range(config.num_layers):
+            x = TransformerBlock(config.hidden_size, config.num_heads, config.ffn_size, config.dropout,
+                                 config.norm_position, config.activation, name=f"block_{index}",
+                                 dtype=policy)(x, padding_mask)
+        if config.norm_position == "pre":
+            x = layers.LayerNormalization(epsilon=1e-6, name="final_norm", dtype=policy)(x)
+        super().__init__(input_ids, x, **{"name": "encoder", **kwargs})
+        self.config, self.token_embedding, self.position_embedding = config, token_embedding, position_embedding
+        self.layer_policy = policy
+
+    def get_config(self):
+        return {"name": self.name, "config": dataclasses.asdict(self.config), "dtype": self.layer_policy.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def embedding_tables(self) -> list:
+        """The token and position embedding tables (optimizers leave them out of weight decay)."""
+        return [self.token_embedding.embeddings, self.position_embedding.positions]
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class MaskedLMHead(layers.Layer):
+    """BERT's prediction head: hidden states at the masked positions -> vocabulary logits.
+
+    Gathers the positions, transforms and normalises, then scores against `token_embedding`
+    (the encoder's table, shared, not copied) or, untied, its own output layer.
+    """
+
+    def __init__(self, config: ModelConfig | dict, token_embedding: TiedTokenEmbedding | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        policy = self.dtype_policy
+        self.gather = GatherPositions(name="gather_masked", dtype=policy)
+        self.transform = layers.Dense(self.config.hidden_size, activation=ACTIVATIONS[self.config.activation],
+                                      name="mlm_transform", dtype=policy)
+        self.norm = layers.LayerNormalization(epsilon=1e-6, name="mlm_norm", dtype=policy)
+        self.token_embedding = token_embedding if self.config.tie_embeddings else None
+        self.output_layer = None if self.config.tie_embeddings else layers.Dense(
+            self.config.vocab_size, name="mlm_output", dtype="float32")
+
+    def build(self, hidden_shape, positions_shape):
+        gathered = tuple(positions_shape) + (hidden_shape[-1],)
+        self.transform.build(gathered)
+        self.norm.build(gathered)
+        if self.output_layer is not None:
+            self.output_layer.build(gathered)
+
+    def call(self, hidden, positions):
+        x = self.norm(self.transform(self.gather(hidden, positions)))
+        if self.token_embedding is not None:
+            return self.token_embedding(x, reverse=True)
+        return self.output_layer(x)
+
+    def compute_output_shape(self, hidden_shape, positions_shape):
+        return tuple(positions_shape) + (self.config.vocab_size,)
+
+    def get_config(self):
+        # The shared table is the encoder's; BertMaskedLM hands it over again when it is rebuilt.
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class BertMaskedLM(keras.Model):
+    """{"input_ids" [batch, seq], "masked_positions" [batch, k]} -> logits [batch, k, vocab] at the
+    masked positions only: the encoder with the masked-LM head put on it."""
+
+    def __init__(self, encoder: BertEncoder, **kwargs):
+        input_ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
+        masked_positions = keras.Input(shape=(None,), dtype="int32", name="masked_positions")
+        head = MaskedLMHead(encoder.config, encoder.token_embedding, name="mlm_head", dtype=encoder.layer_policy)
+        logits = head(encoder(input_ids), masked_positions)
+        super().__init__({"input_ids": input_ids, "masked_positions": masked_positions}, logits,
+                         **{"name": "bert_masked_lm", **kwargs})
+        self.encoder, self.head = encoder, head
+
+    def get_config(self):
+        return {"name": self.name, "encoder": keras.saving.serialize_keras_object(self.encoder)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
+
+
+def build_masked_lm(config: ModelConfig) -> BertMaskedLM:
+    """A new encoder of shape `config` with the masked-LM head on it."""
+    return BertMaskedLM(BertEncoder(config))

@@ -11,6 +11,7 @@ import re
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from imdb_bert import inputs
 from imdb_bert.artifacts import StageError
@@ -38,22 +39,49 @@ def fill_dict(phrase: str, mask_index: int, token: str, probability: float, seve
     return fill
 
 
+def fill_mask_outputs(model, tokenizer, token_strings, sentences, top_k: int, max_seq_len: int) -> dict:
+    """The `top_k` most probable tokens of every `[MASK]` in a batch of raw `sentences`, in pure
+    TensorFlow: the fill-mask export serves exactly this function, and `top_k_fills` runs it eagerly.
+
+    Returns tokens [n, masks, top_k] (strings from `token_strings`), probabilities [n, masks, top_k]
+    (softmax) and mask_count [n] (rows past it are padding). A sentence longer than `max_seq_len`
+    word pieces fails the graph's own check (InvalidArgumentError).
+    """
+    ids = inputs.encode_phrases(tokenizer, sentences)
+    too_long = tf.debugging.assert_less_equal(ids.row_lengths(), tf.cast(max_seq_len, tf.int64),
+                                              message=f"a sentence is longer than {max_seq_len} word pieces")
+    with tf.control_dependencies([too_long]):   # check before the model sees an impossible position
+        ids = ids.to_tensor(default_value=inputs.PAD_ID)
+    where = tf.where(tf.equal(ids, inputs.MASK_ID))                               # [masks, (row, col)]
+    positions = tf.RaggedTensor.from_value_rowids(tf.cast(where[:, 1], tf.int32), where[:, 0],
+                                                  nrows=tf.shape(ids, out_type=tf.int64)[0])
+    logits = model({"input_ids": ids, "masked_positions": positions.to_tensor()}, training=False)
+    probabilities, token_ids = tf.math.top_k(tf.nn.softmax(tf.cast(logits, tf.float32)), k=top_k)
+    return {"tokens": tf.gather(token_strings, token_ids), "probabilities": probabilities,
+            "mask_count": tf.cast(positions.row_lengths(), tf.int32)}
+
+
+def fills_from_outputs(sentences: list[str], outputs: dict) -> list[dict]:
+    """`fill_mask_outputs` (as numpy) as the original project's fill dicts, most probable first per mask."""
+    fills = []
+    for row, sentence in enumerate(sentences):
+        count = int(outputs["mask_count"][row])
+        if count == 0:
+            raise StageError(f"no [MASK] in {sentence!r}: write [MASK] where a word should be predicted")
+        for mask_index in range(count):
+            fills += [fill_dict(sentence, mask_index, token.decode("utf-8"), probability, count > 1)
+                      for token, probability in zip(outputs["tokens"][row][mask_index],
+                                                    outputs["probabilities"][row][mask_index])]
+    return fills
+
+
 def top_k_fills(model, tokenizer, tokens: list[str], phrase: str, top_k: int, max_seq_len: int) -> list[dict]:
     """The `top_k` most probable tokens for each `[MASK]` in `phrase`, most probable first."""
-    ids = inputs.encode_with_masks(tokenizer, phrase)
-    positions = [index for index, token_id in enumerate(ids) if token_id == inputs.MASK_ID]
-    if not positions:
-        raise StageError(f"no [MASK] in {phrase!r}: write [MASK] where a word should be predicted")
-    if len(ids) > max_seq_len:
-        raise StageError(f"{phrase[:40]!r}... is {len(ids)} tokens long; the model reads at most {max_seq_len}")
-    logits = model({"input_ids": np.array([ids], dtype=np.int32),
-                    "masked_positions": np.array([positions], dtype=np.int32)}, training=False)
-    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits[0], axis=-1))
-    fills = []
-    for mask_index, row in enumerate(probabilities):
-        fills += [fill_dict(phrase, mask_index, tokens[token_id], row[token_id], len(positions) > 1)
-                  for token_id in np.argsort(-row)[:top_k]]
-    return fills
+    try:
+        outputs = fill_mask_outputs(model, tokenizer, tf.constant(tokens), tf.constant([phrase]), top_k, max_seq_len)
+    except tf.errors.InvalidArgumentError:
+        raise StageError(f"{phrase[:40]!r}... is too long: the model reads at most {max_seq_len} word pieces") from None
+    return fills_from_outputs([phrase], {name: value.numpy() for name, value in outputs.items()})
 
 
 class ProbeCallback(keras.callbacks.Callback):
@@ -84,9 +112,9 @@ def load_run(run_dir: str):
     import json
     import os
 
-    from imdb_bert import artifacts, vocab
+    from imdb_bert import pipeline, vocab
 
-    artifacts.read_manifest(run_dir, "run: python model_training.py (or pass --run FOLDER)")
+    pipeline.read_run(run_dir)
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         run_config = json.load(handle)
     tokens = vocab.read_vocabulary(os.path.join(run_dir, "vocab.txt"))

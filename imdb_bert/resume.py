@@ -7,9 +7,10 @@ A run trains in `<run_dir>.inprogress/`, next to where the finished run folder w
 saved at. A new weights file is complete before `state.json` points at it, so a kill at any moment
 leaves the previous state usable.
 
-Keras' `BackupAndRestore` was the first choice, but in Keras 3 it restarts an interrupted epoch
-from its first batch (repeating the steps already done) and overwrites its one checkpoint in
-place, so a kill during the write loses it; this module keeps both properties the issue needs.
+Keras' `BackupAndRestore` was the first choice. In Keras 3.15 it can save every N steps and keep a
+second copy (`double_checkpoint=True`), so a kill during a write loses nothing; but on restore it
+only sets the epoch to start from, so an interrupted epoch restarts from its first batch and
+repeats the steps already done. This module resumes mid-epoch at the step it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import zipfile
 
 import keras
 
-from imdb_bert import artifacts
+from imdb_bert import artifacts, pipeline
 
 STATE = "state.json"
 IDENTITY = "identity.json"
@@ -53,7 +54,7 @@ def open_work_dir(folder: str, identity: dict, force: bool) -> dict | None:
             shutil.rmtree(folder)  # killed before it even recorded what it was for: nothing to keep
     if saved_identity is not None:
         if saved_identity != identity:
-            changed = artifacts.changed_values(saved_identity["config"], identity["config"]) or \
+            changed = pipeline.changed_values(saved_identity["config"], identity["config"]) or \
                 "the prepared data or vocabulary changed"
             raise artifacts.StageError(
                 f"{folder} holds an unfinished run with other settings ({changed}): rerun with the same "

@@ -8,6 +8,7 @@ position, 0 at a padded prediction slot), so only masked tokens count.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -16,20 +17,29 @@ import tensorflow as tf
 from imdb_bert import inputs
 
 
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning rate over training. `learning_rate` is always the peak, reached after warm-up."""
+    learning_rate: float
+    lr_schedule: str = "cosine"       # cosine | transformer
+    warmup_steps: int = 300
+
+
 @keras.saving.register_keras_serializable(package="imdb_bert")
 class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """"Attention is all you need" warm-up: scale * hidden^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    """"Attention is all you need" warm-up, scaled so it peaks at `peak` after `warmup_steps`:
+    peak * min(step / warmup, sqrt(warmup / step)). (The paper's hidden^-0.5 * warmup^-0.5 is that peak.)"""
 
-    def __init__(self, hidden_size: int, warmup_steps: int, scale: float = 1.0):
-        self.hidden_size, self.warmup_steps, self.scale = hidden_size, warmup_steps, scale
+    def __init__(self, peak: float, warmup_steps: int):
+        self.peak, self.warmup_steps = peak, warmup_steps
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32) + 1.0
         warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
-        return self.scale * self.hidden_size ** -0.5 * tf.minimum(tf.math.rsqrt(step), step * warmup ** -1.5)
+        return self.peak * tf.minimum(step / warmup, tf.sqrt(warmup / step))
 
     def get_config(self):
-        return {"hidden_size": self.hidden_size, "warmup_steps": self.warmup_steps, "scale": self.scale}
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps}
 
 
 def resolve_precision(requested: str) -> str:
@@ -50,14 +60,23 @@ def resolve_precision(requested: str) -> str:
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
-def learning_rate_schedule(config, total_steps: int):
+def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int):
     """The configured schedule: linear warm-up then cosine decay, or the Transformer schedule."""
-    if config.lr_schedule == "transformer":
-        return TransformerSchedule(config.hidden_size, config.warmup_steps, config.learning_rate)
-    warmup = min(config.warmup_steps, max(total_steps // 2, 1))
+    if schedule.lr_schedule == "transformer":
+        return TransformerSchedule(schedule.learning_rate, schedule.warmup_steps)
+    warmup = min(schedule.warmup_steps, max(total_steps // 2, 1))
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, warmup_target=config.learning_rate, warmup_steps=warmup,
+        initial_learning_rate=0.0, warmup_target=schedule.learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps - warmup, 1), alpha=0.02)
+
+
+def adamw(learning_rate, weight_decay: float, encoder, beta_2: float = 0.999) -> keras.optimizers.AdamW:
+    """AdamW with gradient clipping; no decay on vectors (biases, norms) or the encoder's embedding tables."""
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2,
+                                       clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_list=[variable for variable in encoder.trainable_variables
+                                                  if len(variable.shape) < 2] + encoder.embedding_tables())
+    return optimizer
 
 
 @tf.custom_gradient
@@ -81,20 +100,32 @@ def _softmax_cross_entropy(logits, labels):
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
 class MaskedTokenCrossEntropy(keras.losses.Loss):
-    """Cross-entropy of each prediction slot [batch, slots] from float32 logits [batch, slots, vocab].
+    """Mean cross-entropy over the real masked slots of the global batch, from float32 logits
+    [batch, slots, vocab] and label weights [batch, slots] (1 real slot, 0 padding).
 
-    Keras applies the label weights: with `mean_with_sample_weight` the loss is the mean over the
-    real masked slots.
+    With several replicas, each holds part of the batch with its own count of masked slots; the
+    mean is over all of them (the counts are summed across replicas), not a mean of per-replica means.
     """
 
-    def __init__(self, name="masked_token_cross_entropy", reduction="mean_with_sample_weight", **kwargs):
-        super().__init__(name=name, reduction=reduction, **kwargs)
+    def __init__(self, name="masked_token_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
         classes = tf.shape(y_pred)[-1]
         labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
         entropy = _softmax_cross_entropy(tf.reshape(tf.cast(y_pred, tf.float32), [-1, classes]), labels)
         return tf.reshape(entropy, tf.shape(y_true))
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        entropy = self.call(y_true, y_pred)
+        weights = tf.ones_like(entropy) if sample_weight is None else tf.cast(sample_weight, tf.float32)
+        total, count = tf.reduce_sum(entropy * weights), tf.reduce_sum(weights)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Keras divides each replica's loss by the replica count before the gradients are summed.
+            count = replica.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            total = total * replica.num_replicas_in_sync
+        return total / tf.maximum(count, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -108,18 +139,16 @@ def masked_token_hits(y_true, y_pred):
     return tf.cast(tf.equal(tf.cast(y_true, tf.int32), predicted), tf.float32)
 
 
-def compile_masked_lm(model: keras.Model, config, total_steps: int) -> None:
-    """AdamW (no decay on biases, norms or embeddings), masked-only loss and metrics."""
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, total_steps),
-                                       weight_decay=config.weight_decay, beta_2=0.98, clipnorm=1.0)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "embeddings", "positions"])
+def compile_masked_lm(model, schedule: ScheduleConfig, weight_decay: float, total_steps: int,
+                      jit_compile: bool = False) -> None:
+    """AdamW on the schedule, masked-only loss and accuracy."""
     model.compile(
-        optimizer=optimizer,
+        optimizer=adamw(learning_rate_schedule(schedule, total_steps), weight_decay, model.encoder, beta_2=0.98),
         loss=MaskedTokenCrossEntropy(),
         # The loss already is the masked-token cross-entropy; a second cross-entropy metric over
         # the [batch, slots, vocab] logits cost ~15% of the step at vocab 30k.
         weighted_metrics=[keras.metrics.MeanMetricWrapper(masked_token_hits, name="masked_accuracy")],
-        jit_compile=config.jit_compile)
+        jit_compile=jit_compile)
 
 
 class PerplexityLogger(keras.callbacks.Callback):
@@ -137,16 +166,18 @@ class PerplexityLogger(keras.callbacks.Callback):
                 logs[prefix + "perplexity"] = float(math.exp(min(entropy, 50.0)))
 
 
-def all_positions_accuracy(model: keras.Model, windows: tf.data.Dataset, vocab_size: int, config,
-                           max_batches: int = 20) -> float:
+def all_positions_accuracy(model: keras.Model, windows: tf.data.Dataset, masker, batch_size: int,
+                           seed: int, max_batches: int = 20) -> float:
     """Token accuracy over *every* real position, the metric the original project reported.
 
-    Most positions are unmasked, so the model can copy them from its input: this number says
-    little about language modelling and is printed only to compare like with like.
+    `masker` must be made `with_original_ids`. Most positions are unmasked, so the model can copy
+    them from its input: this number says little about language modelling and is printed only to
+    compare like with like.
     """
-    masker = inputs.make_masker(vocab_size, config, with_original_ids=True)
     correct = total = 0
-    for original_ids, features, _, _ in windows.ragged_batch(config.batch_size).map(masker).take(max_batches):
+    batches = windows.ragged_batch(batch_size).take(max_batches)
+    for index, batch in enumerate(batches):
+        original_ids, features, _, _ = masker(batch, tf.constant([seed, index], tf.int64))
         length = int(features["input_ids"].shape[1])
         every_position = np.tile(np.arange(length, dtype=np.int32), (original_ids.shape[0], 1))
         input_ids = features["input_ids"].numpy().astype(np.int32)
@@ -165,25 +196,3 @@ def count_tokens(windows: tf.data.Dataset) -> tuple[int, int]:
         count += batch.size
         tokens += int(batch.sum())
     return count, tokens
-
-
-def prepare_multi_worker_fit(model: keras.Model, dataset: tf.data.Dataset) -> None:
-    """Work around two Keras 3 bugs that stop `fit`/`evaluate` under MultiWorkerMirroredStrategy
-    (call inside the strategy's scope, after `compile`).
-
-    1. Before the first step Keras all-reduces one input batch across the workers just to learn its
-       shapes, which fails for dict inputs (keras-team/keras#20329) and could not work for batches
-       whose padded lengths differ between workers. Here the loss, metric and optimizer state is
-       built from `dataset`'s element spec instead, and that step is skipped.
-    2. Keras averages each step's logged values across workers along axis 0, which fails for scalars
-       (tensorflow/tensorflow#72388). Here each step's logs are given that axis.
-    Neither changes what is trained: gradients are all-reduced by the optimizer as usual.
-    """
-    symbolic = tf.nest.map_structure(lambda spec: keras.KerasTensor(spec.shape, spec.dtype.name),
-                                     dataset.element_spec)
-    model._symbolic_build(data_batch=symbolic)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    for name in ("train_step", "test_step"):
-        step = getattr(model, name)
-        setattr(model, name, lambda data, step=step: {key: tf.reshape(value, [1])
-                                                      for key, value in step(data).items()})

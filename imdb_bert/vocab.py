@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from imdb_bert import artifacts
+from imdb_bert import artifacts, pipeline
 
 PAD, UNK, MASK, CLS, SEP = "[PAD]", "[UNK]", "[MASK]", "[CLS]", "[SEP]"
 RESERVED_TOKENS = [PAD, UNK, MASK, CLS, SEP]   # ids 0..4, [PAD] must be 0 (padding value)
@@ -30,11 +30,11 @@ def count_words(texts: list[str], batch_size: int = 1024) -> collections.Counter
     per-batch distinct words come back to Python (8 s -> 1.5 s on the 22k-review training split).
     """
     import tensorflow as tf
-    from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 
+    from imdb_bert import private_apis
     from imdb_bert.monitoring import progress
 
-    basic = BasicTokenizer(**TOKENIZER_PARAMS)
+    basic = private_apis.basic_tokenizer(**TOKENIZER_PARAMS)
 
     def count_batch(batch):
         words, _, counts = tf.unique_with_counts(basic.tokenize(batch).flat_values)
@@ -60,10 +60,13 @@ def learn_wordpiece(word_counts: list[tuple[str, int]], vocab_size: int) -> list
     each pass aims (through that multiple, re-measured after every pass) at a vocabulary 2.5% over
     the target, and the search stops at the first one 0-5% over. It usually takes two passes;
     a bracket on the threshold keeps it finite. The least frequent tokens (the learner lists tokens
-    by falling count) are then dropped to hit the target exactly. Single characters are always
-    kept, so every word stays spellable.
+    by falling count) are then dropped to hit the target exactly, never a single character or its
+    `##` continuation, so every word stays spellable. A target too small to hold those is refused
+    before any learning pass.
     """
-    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
+    from imdb_bert import private_apis
+
+    learner = private_apis.wordpiece_learner()
 
     params = learner.Params(upper_thresh=None, lower_thresh=None, num_iterations=4, max_input_tokens=-1,
                             max_token_length=50, max_unique_chars=1000, vocab_size=vocab_size,
@@ -72,6 +75,12 @@ def learn_wordpiece(word_counts: list[tuple[str, int]], vocab_size: int) -> list
     words = learner.get_input_words(word_counts, RESERVED_TOKENS, params.max_token_length)
     words = learner.filter_input_words(words, learner.get_allowed_chars(words, params.max_unique_chars),
                                        params.max_input_tokens)
+    characters = learner.extract_char_tokens(words)
+    spelling = set(characters) | {"##" + character for character in characters}
+    if vocab_size < len(RESERVED_TOKENS) + len(spelling):
+        raise artifacts.StageError(
+            f"vocab_size {vocab_size} is too small to hold the {len(RESERVED_TOKENS) + len(spelling)} reserved and "
+            "single-character tokens this corpus needs: set a larger vocab_size")
     counts = np.sort(np.array([count for _, count in words]))[::-1]        # most frequent first
 
     def words_at_least(threshold: int) -> int:
@@ -95,11 +104,23 @@ def learn_wordpiece(word_counts: list[tuple[str, int]], vocab_size: int) -> list
             high = threshold
     if best is None:   # even threshold 2 fell short: the corpus is small, take all it offers
         best = learner.learn_with_thresh(words, 1, params)
-    spelling = len(RESERVED_TOKENS) + len(learner.extract_char_tokens(words)) * 2
-    if vocab_size < spelling:
-        raise ValueError(f"vocab_size {vocab_size} is too small to hold the {spelling} reserved and "
-                         "single-character tokens this corpus needs")
-    return best[:vocab_size]
+    return trim_keeping_spelling(best, vocab_size, spelling)
+
+
+def trim_keeping_spelling(tokens: list[str], vocab_size: int, spelling: set[str]) -> list[str]:
+    """The first `vocab_size` of `tokens` (reserved first, then by falling count), except that
+    every token of `spelling` (single characters and their continuations) is kept: the least
+    frequent other tokens make room for them."""
+    reserved = [token for token in tokens if token in RESERVED_TOKENS]
+    room = vocab_size - len(reserved) - len(spelling)
+    kept = []
+    for token in tokens:
+        if token in RESERVED_TOKENS or token in spelling:
+            kept.append(token)
+        elif room > 0:
+            kept.append(token)
+            room -= 1
+    return kept + sorted(spelling - set(kept))
 
 
 def learn_vocabulary(texts: list[str], vocab_size: int, min_word_count: int) -> tuple[list[str], dict]:
@@ -114,18 +135,6 @@ def learn_vocabulary(texts: list[str], vocab_size: int, min_word_count: int) -> 
     return tokens, stats
 
 
-def current_training_inputs(config) -> tuple[dict, dict]:
-    """(prepared manifest, {"prepared": fingerprint, "vocab": fingerprint}) of the data a model is trained
-    on, each refused in one line (StageError) if missing or stale for `config`."""
-    from imdb_bert import corpus
-
-    prepared = artifacts.read_current(artifacts.prepared_dir(config.data_dir), "data_prep", config,
-                                      artifacts.DATA_PREP_KEYS, corpus.current_raw_inputs(config))
-    vocabulary = artifacts.read_current(artifacts.vocab_dir(config.data_dir), "tokeniser_build", config,
-                                        artifacts.VOCAB_KEYS, {"prepared": prepared["fingerprint"]})
-    return prepared, {"prepared": prepared["fingerprint"], "vocab": vocabulary["fingerprint"]}
-
-
 def write_vocabulary(path: str, tokens: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as out:
         out.write("\n".join(tokens) + "\n")
@@ -137,12 +146,12 @@ def read_vocabulary(path: str) -> list[str]:
         with open(path, encoding="utf-8") as handle:
             tokens = handle.read().splitlines()
     except FileNotFoundError:
-        raise artifacts.StageError(f"{path} is missing: run python tokeniser_build.py") from None
+        raise artifacts.StageError(f"{path} is missing: run {pipeline.COMMANDS['tokeniser_build']}") from None
     if tokens[:len(RESERVED_TOKENS)] != RESERVED_TOKENS:
         missing = [token for token in RESERVED_TOKENS if token not in tokens]
         problem = f"lacks {', '.join(missing)}" if missing else "has the reserved tokens out of order"
         raise artifacts.StageError(f"{path} {problem} (want {' '.join(RESERVED_TOKENS)} as ids 0-4): "
-                                   "rerun python tokeniser_build.py --force")
+                                   + pipeline.rerun("tokeniser_build", "--force"))
     return tokens
 
 

@@ -123,3 +123,20 @@ def tiny_config():
     import config
 
     return config.make_config("tiny")
+
+
+def masked_lm_for(settings, vocab_size: int, total_steps: int | None = None):
+    """The masked LM of a pipeline config's shape, compiled as training compiles it when `total_steps` is given."""
+    from imdb_bert import model, pipeline, training
+
+    built = model.build_masked_lm(pipeline.settings(model.ModelConfig, settings, vocab_size=vocab_size))
+    if total_steps:
+        training.compile_masked_lm(built, pipeline.settings(training.ScheduleConfig, settings), settings.weight_decay,
+                                   total_steps, settings.jit_compile)
+    return built
+
+
+def masker_for(settings, vocab_size: int, with_original_ids: bool = False):
+    from imdb_bert import inputs, pipeline
+
+    return inputs.make_masker(vocab_size, pipeline.settings(inputs.MaskingConfig, settings), with_original_ids)

@@ -157,3 +157,27 @@ def test_ctrl_c_during_download_leaves_nothing_taken_as_complete(tmp_path):
     assert not os.path.exists(os.path.join(data_dir, "raw", "archive", "aclImdb_v1.tar.gz"))
     assert not os.path.exists(os.path.join(data_dir, "raw", "official"))
     one_line_error(run_stage(["data_prep.py"], data_dir, check=False), "no raw reviews", "./download.sh")
+
+
+def test_a_vocab_size_too_small_to_spell_the_corpus_is_one_line_before_learning(built_data, tmp_path):
+    data_dir = copy_data(built_data, tmp_path)
+    result = run_stage(["tokeniser_build.py"], data_dir, "vocab_size=100", check=False)
+    one_line_error(result, "vocab_size 100 is too small to hold the", "set a larger vocab_size")
+    assert "learned from" not in result.stdout
+    assert not os.path.exists(os.path.join(data_dir, "vocab", "vocab.txt")) or \
+        json.load(open(os.path.join(data_dir, "vocab", "manifest.json")))["vocab_size"] == 1000   # untouched
+
+
+@pytest.mark.parametrize("top_k", ["0", "-3"])
+def test_fill_mask_refuses_a_top_k_that_is_not_positive(trained_run, top_k):
+    result = run_stage(["fill_mask.py", "--top-k", top_k, "the [MASK] was good"], trained_run[0], check=False)
+    one_line_error(result, f"--top-k must be a positive number of fills, got {top_k}")
+
+
+def test_a_library_version_other_than_the_checked_one_is_one_line():
+    from imdb_bert import artifacts, private_apis
+
+    private_apis.require("keras")   # the pinned version is what is installed
+    with pytest.raises(artifacts.StageError, match=r"keras 3\.99\.0 is installed, but imdb-bert relies on private "
+                                                   r"parts of keras 3\.15\.1 .*pip install -r requirements.txt"):
+        private_apis.require("keras", installed="3.99.0")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import config
-from conftest import ROOT
+from conftest import ROOT, masker_for
 from imdb_bert import inputs, vocab
 
 
@@ -39,10 +39,10 @@ def test_real_reviews_become_near_equal_windows_without_loss(windows, tokens, fi
 
 def test_masking_statistics_over_a_large_sample(windows, tokens):
     settings = config.make_config("tiny", {"max_seq_len": "128"})
-    masker = inputs.make_masker(len(tokens), settings, with_original_ids=True)
+    masker = masker_for(settings, len(tokens), with_original_ids=True)
     selected = selectable = as_mask = unchanged = 0
-    for _ in range(8):   # ~18k windows, ~270k selectable tokens
-        original, features, labels, weights = masker(windows)
+    for draw in range(8):   # ~18k windows, ~270k selectable tokens
+        original, features, labels, weights = masker(windows, tf.constant([1, draw]))
         original, masked = original.numpy(), features["input_ids"].numpy()
         positions, weights = features["masked_positions"].numpy(), weights.numpy()
         rows = np.repeat(np.arange(len(positions))[:, None], positions.shape[1], axis=1)[weights > 0]
@@ -64,9 +64,9 @@ def test_masking_statistics_over_a_large_sample(windows, tokens):
 
 
 def test_masked_slots_and_padding(windows, tokens, tiny_config):
-    masker = inputs.make_masker(len(tokens), tiny_config)
+    masker = masker_for(tiny_config, len(tokens))
     short = tf.ragged.constant([list(range(10, 20)), list(range(10, 30))], dtype=tf.int64)
-    features, labels, weights = masker(short)
+    features, labels, weights = masker(short, tf.constant([1, 2]))
     assert features["input_ids"].shape == (2, 22)   # padded to the batch's longest window only
     ids = features["input_ids"].numpy()
     assert ids[0, 0] == inputs.CLS_ID and ids[0, 11] == inputs.SEP_ID and ids[0, 12] == inputs.PAD_ID
@@ -88,11 +88,12 @@ def test_literal_mask_token_is_kept_whole(tokens):
 VALIDATION_MASKS = """
 import sys, hashlib, tensorflow as tf
 sys.path.insert(0, {root!r})
-import config
+sys.path.insert(0, {root!r} + "/tests")
+import config, conftest
 from imdb_bert import inputs
 settings = config.make_config("tiny")
 windows = tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[7 + (i * j) % 50 for j in range(40)] for i in range(64)], dtype=tf.int64)).map(tf.identity)
-data = inputs.validation_dataset(windows, 60, settings)
+data = inputs.validation_dataset(windows, conftest.masker_for(settings, 60), settings.batch_size, settings.max_seq_len, settings.seed)
 for _ in range(2):
     digest = hashlib.sha256()
     for features, labels, weights in data:
@@ -108,3 +109,42 @@ def test_validation_masking_is_the_same_every_epoch_and_run():
     first_epoch, second_epoch = runs[0].split()
     assert first_epoch == second_epoch       # the same masks every epoch...
     assert runs[0] == runs[1]                # ...and in every run
+
+
+def test_random_replacements_are_never_special_tokens(windows):
+    """All selected tokens replaced at random, from a 12-token vocabulary of which 5 are special."""
+    settings = config.make_config("tiny", {"max_seq_len": "128", "mask_token_rate": "0", "random_token_rate": "1"})
+    masker = masker_for(settings, 12)
+    replaced = []
+    for draw in range(4):
+        features, _, weights = masker(windows[:2000], tf.constant([7, draw]))
+        rows = np.arange(len(weights))[:, None].repeat(weights.shape[1], axis=1)[weights.numpy() > 0]
+        replaced.append(features["input_ids"].numpy()[rows, features["masked_positions"].numpy()[weights.numpy() > 0]])
+    replaced = np.concatenate(replaced)
+    assert len(replaced) > 10_000
+    assert not np.isin(replaced, inputs.SPECIAL_IDS).any()
+    assert set(np.unique(replaced)) == set(range(inputs.FIRST_TOKEN_ID, 12))   # every ordinary id drawn
+
+
+def take_batches(data, count):
+    return [(features["input_ids"].numpy(), features["masked_positions"].numpy(), labels.numpy())
+            for features, labels, _ in data.take(count)]
+
+
+def test_the_training_stream_is_fixed_by_its_seed_and_resumes_where_it_stopped(windows, tokens):
+    settings = config.make_config("tiny")
+    masker = masker_for(settings, len(tokens))
+    stream = tf.data.Dataset.from_tensor_slices(windows).map(tf.identity).cache()
+
+    def batches(seed, start=0, count=6):
+        return take_batches(inputs.training_dataset(stream, masker, 16, settings.max_seq_len, seed, start), count)
+
+    first, again, other = batches(5), batches(5), batches(6)
+    for a, b in zip(first, again):   # a parallel map, yet the same batches and masks
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+    resumed = batches(5, start=4, count=2)
+    for a, b in zip(first[4:], resumed):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

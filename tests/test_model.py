@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import config
-from conftest import ROOT
+from conftest import ROOT, masked_lm_for
 from imdb_bert import inputs, model, training
 
 VOCAB = 300
@@ -16,9 +16,7 @@ VOCAB = 300
 @pytest.fixture(scope="module")
 def tiny_model(tiny_config):
     keras.utils.set_random_seed(1)
-    built = model.build_masked_lm(VOCAB, tiny_config)
-    training.compile_masked_lm(built, tiny_config, total_steps=100)
-    return built
+    return masked_lm_for(tiny_config, VOCAB, total_steps=100)
 
 
 def predict(masked_lm, ids, positions):
@@ -29,7 +27,7 @@ def predict(masked_lm, ids, positions):
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
 def test_padding_does_not_change_the_fills(norm_position):
     settings = config.make_config("tiny", {"norm_position": norm_position, "dropout": "0.1"})
-    masked_lm = model.build_masked_lm(VOCAB, settings)
+    masked_lm = masked_lm_for(settings, VOCAB)
     sentence = [inputs.CLS_ID, 40, 41, inputs.MASK_ID, 43, 44, inputs.SEP_ID]
     padded = sentence + [inputs.PAD_ID] * (settings.max_seq_len - len(sentence))
     unpadded_logits = predict(masked_lm, sentence, [3, 1])
@@ -81,7 +79,7 @@ def test_fast_loss_and_accuracy_match_tensorflow_reference_ops():
 
 def test_untied_output_projection_builds(tiny_config):
     settings = config.make_config("tiny", {"tie_embeddings": "false"})
-    assert predict(model.build_masked_lm(VOCAB, settings), [3, 9, 2, 4], [2]).shape == (1, 1, VOCAB)
+    assert predict(masked_lm_for(settings, VOCAB), [3, 9, 2, 4], [2]).shape == (1, 1, VOCAB)
 
 
 RELOAD = """
@@ -100,8 +98,7 @@ def test_saved_model_reloads_in_a_fresh_process(tmp_path, precision, schedule):
     settings = config.make_config("tiny", {"lr_schedule": schedule})
     keras.mixed_precision.set_global_policy(precision)
     try:
-        trained = model.build_masked_lm(VOCAB, settings)
-        training.compile_masked_lm(trained, settings, total_steps=100)
+        trained = masked_lm_for(settings, VOCAB, total_steps=100)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     path, out = str(tmp_path / "model.keras"), str(tmp_path / "logits.npy")
@@ -111,3 +108,68 @@ def test_saved_model_reloads_in_a_fresh_process(tmp_path, precision, schedule):
                    capture_output=True)
     expected = predict(trained, [3, 10, 11, 2, 12, 4, 0, 0], [3, 1])
     np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+
+
+def test_the_output_projection_is_the_embedding_table(tiny_model, tiny_config):
+    """Tied, not copied: the head scores against the very variable the encoder embeds with."""
+    assert tiny_model.head.token_embedding is tiny_model.encoder.token_embedding
+    (table,) = [weight for weight in tiny_model.weights if tuple(weight.shape) == (VOCAB, tiny_config.hidden_size)]
+    saved = table.numpy()
+    try:
+        table.assign(np.zeros_like(saved))   # every token scores its bias alone
+        logits = predict(tiny_model, [3, 10, 11, 2, 12, 4], [3, 1])
+        bias = tiny_model.encoder.token_embedding.output_bias.numpy()
+        np.testing.assert_allclose(logits[0], np.stack([bias, bias]), atol=1e-6)
+    finally:
+        table.assign(saved)
+    assert not np.allclose(predict(tiny_model, [3, 10, 11, 2, 12, 4], [3, 1])[0], np.stack([bias, bias]))
+
+
+def test_a_classifier_head_goes_on_the_same_encoder_object(tiny_model):
+    from imdb_bert import classifier
+
+    sentiment = classifier.SentimentClassifier(tiny_model.encoder, dropout=0.0)
+    assert sentiment.encoder is tiny_model.encoder
+    shared = {id(weight) for weight in tiny_model.encoder.weights}
+    assert shared <= {id(weight) for weight in sentiment.weights}
+
+
+LOSS_ON_TWO_REPLICAS = """
+import sys, json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {root!r})
+from imdb_bert import training
+rng = np.random.default_rng(0)
+logits = rng.normal(0, 3, (4, 6, 50)).astype(np.float32)
+labels = rng.integers(0, 50, (4, 6)).astype(np.int32)
+weights = np.zeros((4, 6), np.float32)
+weights[:2, :6] = 1.0     # the first replica's half holds 12 masked slots...
+weights[2:, :1] = 1.0     # ...the second's only 2
+loss = training.MaskedTokenCrossEntropy()
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def step(inputs):
+    y_true, y_pred, w = inputs
+    return loss(y_true, y_pred, sample_weight=w) / strategy.num_replicas_in_sync   # Keras' scaling
+data = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices((labels, logits, weights)).batch(4),
+    tf.distribute.InputOptions(experimental_fetch_to_device=False))
+per_replica = strategy.run(step, args=(next(iter(data)),))
+print(json.dumps(float(strategy.reduce("SUM", per_replica, axis=None))))
+"""
+
+
+def test_several_replicas_give_the_mean_over_every_masked_token_of_the_global_batch():
+    result = subprocess.run([sys.executable, "-c", LOSS_ON_TWO_REPLICAS.format(root=ROOT)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(0, 3, (4, 6, 50)).astype(np.float32), rng.integers(0, 50, (4, 6))
+    weights = np.zeros((4, 6))
+    weights[:2, :6], weights[2:, :1] = 1.0, 1.0
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    entropy = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    global_mean = (entropy * weights).sum() / weights.sum()
+    mean_of_means = np.mean([(entropy[:2] * weights[:2]).sum() / 12, (entropy[2:] * weights[2:]).sum() / 2])
+    assert abs(global_mean - mean_of_means) > 0.05            # the two readings differ on this batch
+    assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(global_mean, rel=1e-5)

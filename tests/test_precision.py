@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 import config
-from imdb_bert import inputs, model, training, vocab
+from conftest import masked_lm_for, masker_for
+from imdb_bert import inputs, training, vocab
 
 STEPS = 40
 
@@ -19,7 +20,8 @@ def batches(fixture_reviews):
     ids = inputs.tokenize_reviews(vocab.make_tokenizer(tokens), tf.constant([t for t, _ in fixture_reviews]))
     windows = tf.data.Dataset.from_tensor_slices(inputs.split_into_windows(ids, settings.max_seq_len - 2))
     windows = windows.map(tf.identity)   # plain tensors, as window_dataset gives
-    data = inputs.validation_dataset(windows, len(tokens), settings)   # fixed, seeded masks
+    data = inputs.validation_dataset(windows, masker_for(settings, len(tokens)), settings.batch_size,
+                                     settings.max_seq_len, settings.seed)   # fixed, seeded masks
     return len(tokens), [batch for batch in data.take(STEPS)]
 
 
@@ -29,8 +31,7 @@ def final_loss(batches, **overrides) -> float:
     keras.mixed_precision.set_global_policy(training.resolve_precision(settings.mixed_precision))
     try:
         keras.utils.set_random_seed(3)
-        masked_lm = model.build_masked_lm(vocab_size, settings)
-        training.compile_masked_lm(masked_lm, settings, total_steps=STEPS)
+        masked_lm = masked_lm_for(settings, vocab_size, total_steps=STEPS)
         for features, labels, weights in data:
             masked_lm.train_on_batch(features, labels, weights)
         losses = [float(masked_lm.test_on_batch(*batch)[0]) for batch in data[:10]]

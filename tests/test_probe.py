@@ -1,6 +1,7 @@
 import keras
 import pytest
 
+from conftest import masked_lm_for
 from imdb_bert import artifacts, model, probe, vocab
 
 KEYS = {"input_text", "prediction", "probability", "predicted mask token"}
@@ -10,7 +11,7 @@ KEYS = {"input_text", "prediction", "probability", "predicted mask token"}
 def setup(fixture_reviews, tiny_config):
     tokens = vocab.learn_vocabulary([t for t, _ in fixture_reviews[:200]], 600, 2)[0]
     keras.utils.set_random_seed(2)
-    return model.build_masked_lm(len(tokens), tiny_config), vocab.make_tokenizer(tokens), tokens
+    return masked_lm_for(tiny_config, len(tokens)), vocab.make_tokenizer(tokens), tokens
 
 
 def test_fills_have_the_original_keys_and_real_probabilities(setup):

@@ -79,35 +79,72 @@ def wait_for_mid_epoch_state(process, state_path, epoch, timeout=600):
     raise AssertionError(f"training never checkpointed mid-epoch {epoch + 1} (exit code {process.poll()})")
 
 
-def test_training_killed_mid_epoch_resumes_without_losing_or_repeating_a_step(built_data, tmp_path):
-    data_dir = copy_data(built_data, tmp_path)
-    settings = ["steps_per_epoch=60", "checkpoint_every_steps=10"]
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(stage_command(["model_training.py"], data_dir, *settings), cwd=ROOT,
-                             env=stage_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    work = os.path.join(data_dir, "runs", "tiny.inprogress")
-    state = wait_for_mid_epoch_state(first, os.path.join(work, "state.json"), epoch=1)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    log.close()
-    assert not os.path.exists(os.path.join(data_dir, "runs", "tiny"))   # nothing looks finished
+RESUME_SETTINGS = ["steps_per_epoch=30", "checkpoint_every_steps=10"]
 
-    other = run_stage(["model_training.py"], data_dir, *settings, "learning_rate=0.001", check=False)
-    one_line_error(other, "unfinished run with other settings", "learning_rate 0.003 -> 0.001", "--force")
 
-    resumed = run_stage(["model_training.py"], data_dir, *settings)
-    assert "resuming" in resumed.stdout and "at epoch 2, step" in resumed.stdout
-    assert resumed.stdout.count("Epoch ") == 2                       # the rest of epoch 2, then epoch 3
-    run_dir = os.path.join(data_dir, "runs", "tiny")
+def run_history(run_dir):
     with open(os.path.join(run_dir, "history.csv")) as handle:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
-    assert epochs == [0, 1, 2]
-    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
-    assert metrics["epochs"] == 3 and metrics["optimizer_steps"] == 3 * 60   # no step lost or repeated
-    assert state["global_step"] >= 60 + 10
+        rows = list(csv.DictReader(handle))
+    return [int(row["epoch"]) for row in rows], [float(row["val_loss"]) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(built_data, tmp_path_factory):
+    """The run the interrupted ones must end up equal to: same data, config and seed, never stopped."""
+    data_dir = copy_data(built_data, tmp_path_factory.mktemp("uninterrupted"))
+    run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS)
+    run_dir = os.path.join(data_dir, "runs", "tiny")
+    return run_history(run_dir), json.load(open(os.path.join(run_dir, "metrics.json")))
+
+
+def stop_mid_epoch(data_dir, log_path, epoch, stop):
+    """Start (or resume) training, stop it with `stop` once it has checkpointed mid-`epoch`; returns that state."""
+    with open(log_path, "w") as log:
+        # SIGINT at its default, as under a terminal (a shell's background job would start us with it ignored).
+        process = subprocess.Popen(stage_command(["model_training.py"], data_dir, *RESUME_SETTINGS), cwd=ROOT,
+                                   env=stage_environment(), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        state = wait_for_mid_epoch_state(process, os.path.join(data_dir, "runs", "tiny.inprogress", "state.json"),
+                                         epoch=epoch)
+        os.killpg(process.pid, stop)
+        code = process.wait(timeout=120)
+    output = open(log_path).read()
+    assert code == {signal.SIGKILL: -9, signal.SIGTERM: -15, signal.SIGINT: 130}[stop], output[-2000:]
+    if stop == signal.SIGINT:
+        assert "interrupted: " in output and "Traceback" not in output
+    assert not os.path.exists(os.path.join(data_dir, "runs", "tiny"))   # nothing looks finished
+    return state
+
+
+def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_run(built_data, tmp_path, uninterrupted):
+    """SIGTERM in epoch 1, Ctrl-C in epoch 2 and SIGKILL in epoch 3, each resumed from its checkpoint."""
+    data_dir = copy_data(built_data, tmp_path)
+    stopped = [stop_mid_epoch(data_dir, tmp_path / "sigterm.log", 0, signal.SIGTERM)]
+    other = run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS, "learning_rate=0.001", check=False)
+    one_line_error(other, "unfinished run with other settings", "learning_rate 0.003 -> 0.001", "--force")
+    stopped.append(stop_mid_epoch(data_dir, tmp_path / "ctrl-c.log", 1, signal.SIGINT))
+    assert "resuming" in open(tmp_path / "ctrl-c.log").read()
+    stopped.append(stop_mid_epoch(data_dir, tmp_path / "sigkill.log", 2, signal.SIGKILL))
+    assert [state["epoch"] for state in stopped] == [0, 1, 2]
+    assert all(state["global_step"] == 30 * state["epoch"] + state["step"] for state in stopped)
+
+    resumed = run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS)
+    assert "resuming" in resumed.stdout and "at epoch 3, step" in resumed.stdout
+    assert resumed.stdout.count("Epoch ") == 1                       # the rest of epoch 3 only
+    run_dir = os.path.join(data_dir, "runs", "tiny")
+    (epochs, losses), metrics = run_history(run_dir), json.load(open(os.path.join(run_dir, "metrics.json")))
+    (baseline_epochs, baseline_losses), baseline = uninterrupted
+    assert epochs == baseline_epochs == [0, 1, 2]
+    assert metrics["epochs"] == baseline["epochs"] == 3
+    assert metrics["optimizer_steps"] == baseline["optimizer_steps"] == 3 * 30   # no step lost or repeated
+    # Each resume trained on the same batches and masks from the same weights as the uninterrupted run.
+    assert losses == pytest.approx(baseline_losses, rel=1e-3)
+    assert metrics["validation_masked_cross_entropy"] == pytest.approx(baseline["validation_masked_cross_entropy"],
+                                                                        rel=1e-3)
     for name in ["model.keras", "best.keras", "history.csv", "metrics.json", "manifest.json"]:
         assert os.path.isfile(os.path.join(run_dir, name)), name
-    assert not os.path.exists(work)
+    assert not os.path.exists(os.path.join(data_dir, "runs", "tiny.inprogress"))
 
 
 def test_nan_loss_stops_with_a_clear_message(built_data, tmp_path):

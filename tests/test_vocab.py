@@ -43,3 +43,21 @@ def test_vocab_file_missing_a_reserved_token_is_refused(tmp_path, learned):
 def test_missing_vocab_file_names_the_stage(tmp_path):
     with pytest.raises(artifacts.StageError, match="tokeniser_build.py"):
         vocab.read_vocabulary(str(tmp_path / "vocab.txt"))
+
+
+def test_every_character_and_its_continuation_stay_in_a_trimmed_vocabulary(fixture_reviews):
+    """Trimming to the exact size drops the rarest tokens, which used to include `##<char>` pieces."""
+    texts = [text for text, _ in fixture_reviews[:300]]
+    tokens, _ = vocab.learn_vocabulary(texts, vocab_size=400, min_word_count=2)
+    assert len(tokens) == 400
+    learned_from = [word for word, count in vocab.count_words(texts).items() if count >= 2]
+    characters = {character for word in learned_from for character in word}
+    missing = [token for character in characters for token in (character, "##" + character) if token not in tokens]
+    assert not missing
+    # Every word the vocabulary was learned from is spelled without [UNK].
+    assert vocab.unknown_rate(vocab.make_tokenizer(tokens), [" ".join(learned_from)]) == 0.0
+
+
+def test_a_vocabulary_too_small_to_spell_the_corpus_is_refused(fixture_reviews):
+    with pytest.raises(artifacts.StageError, match="too small to hold"):
+        vocab.learn_vocabulary([text for text, _ in fixture_reviews[:300]], vocab_size=100, min_word_count=2)

@@ -1,0 +1,180 @@
+"""The wiring between stages: which stage made what, what it depends on, and whether it is current.
+
+Every stage's output folder carries a manifest (written by `artifacts.write_manifest`) with its
+*identity*: the config values the stage depends on and the fingerprints of the inputs it read.
+
+- A stage whose identity is unchanged does nothing when rerun (`skip_if_up_to_date`).
+- A stage that reads an upstream output built for other config values, or from older inputs,
+  refuses with the command to rerun (`read_current`).
+- The command of each stage, and so every "rerun ..." hint, lives here (`COMMANDS`, `rerun`).
+
+Imports nothing heavy: a stage decides it is up to date before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+from imdb_bert import artifacts
+from imdb_bert.artifacts import StageError
+
+COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
+            "tokeniser_build": "python tokeniser_build.py", "model_training": "python model_training.py",
+            "classifier_training": "python classifier_training.py"}
+# Config values each stage's output depends on. Training depends on every key except
+# NOT_TRAINING_KEYS (where files go, how often to checkpoint, what to print, which devices share
+# the work): changing those must not retrain hours of work.
+DATA_PREP_KEYS = ("source", "validation_fraction", "split_seed", "num_shards")
+VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
+CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_dropout")
+NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases",
+                     "top_k", "strategy") + CLASSIFIER_KEYS
+# The layout of a saved model. Runs saved in an older layout are refused with one line, and count
+# as out of date, so model_training.py retrains them.
+MODEL_FORMAT = 2
+
+
+def rerun(stage: str, flags: str = "") -> str:
+    """The hint that ends a message about `stage`'s output: `rerun python tokeniser_build.py --force`."""
+    return f"rerun {COMMANDS[stage]}{' ' + flags if flags else ''}"
+
+
+def settings(kind, config, **values):
+    """An instance of the small config dataclass `kind` (a model's shape, a masking scheme...) with
+    its fields taken from the pipeline `config`, except those given in `values`."""
+    taken = {field.name: getattr(config, field.name) for field in dataclasses.fields(kind)
+             if field.name not in values}
+    return kind(**taken, **values)
+
+
+def stage_identity(config, keys, inputs: dict[str, str]) -> dict:
+    """What a stage's output depends on: the `keys` of `config` and the input fingerprints."""
+    values = config.as_dict()
+    return {"config": {key: values[key] for key in keys}, "inputs": dict(inputs)}
+
+
+def training_keys(config) -> tuple[str, ...]:
+    return tuple(key for key in config.as_dict() if key not in NOT_TRAINING_KEYS)
+
+
+def changed_values(old: dict, new: dict) -> str:
+    """`key old -> new` for each value that differs, for messages."""
+    return ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+                     for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
+
+
+def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
+    """True (after saying so) when `force` is off and `folder` was built with exactly `identity`
+    and still has all its files with their recorded sizes; else False (the stage must run)."""
+    if force:
+        return False
+    try:
+        with open(os.path.join(folder, artifacts.MANIFEST), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return False
+    if manifest.get("config") != identity["config"] or manifest.get("inputs") != identity["inputs"]:
+        return False
+    for name, size in manifest.get("files", {}).items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            return False
+    print(f"{stage}: up to date — {folder} was built from the same inputs and config (--force redoes it)")
+    return True
+
+
+def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict[str, str] | None = None) -> dict:
+    """The manifest of upstream `stage`'s output, refusing if it is missing, was built for other
+    values of `keys` than `config` has, or from other inputs than `input_fingerprints`."""
+    manifest = artifacts.read_manifest(folder, f"run: {COMMANDS[stage]}")
+    wanted = stage_identity(config, keys, {})["config"]
+    built = {key: manifest.get("config", {}).get(key) for key in keys}
+    if built != wanted:
+        raise StageError(f"{folder} is stale: it was built for {changed_values(built, wanted).replace('->', 'but config says')}"
+                         f": {rerun(stage)}")
+    for name, fingerprint in (input_fingerprints or {}).items():
+        if manifest.get("inputs", {}).get(name) != fingerprint:
+            raise StageError(f"{folder} is stale: it was built from an older {name} output than the one "
+                             f"there now: {rerun(stage)}")
+    return manifest
+
+
+def find_raw(config) -> tuple[str, str | None, dict]:
+    """(source, raw folder, its manifest) of the configured source; `auto` takes the official
+    reviews if download.sh unpacked them, else the package copy. TFDS has no raw folder."""
+    if config.source == "tfds":
+        return "tfds", None, {"fingerprint": "tfds:imdb_reviews", "origin": "tensorflow-datasets imdb_reviews"}
+    raw = artifacts.raw_dir(config.data_dir)
+    source = config.source
+    if source == "auto":
+        present = [name for name in ("official", "package")
+                   if os.path.isfile(os.path.join(raw, name, artifacts.MANIFEST))]
+        if not present:
+            raise StageError(f"no raw reviews in {raw}: run {COMMANDS['download']} first")
+        source = present[0]
+    folder = os.path.join(raw, source)
+    manifest = artifacts.read_manifest(folder, f"run {COMMANDS['download']} --source {source}")
+    # download.sh's manifests carry the archive's (or CSV's) SHA-256 as their fingerprint.
+    manifest.setdefault("fingerprint", manifest.get("sha256", "")[:16])
+    return source, folder, manifest
+
+
+def current_raw_inputs(config) -> dict[str, str]:
+    """`{"raw": fingerprint}` of the raw reviews data_prep would read now, to check that the
+    prepared data is not stale; empty if the raw reviews were deleted (nothing to compare)."""
+    try:
+        return {"raw": find_raw(config)[2]["fingerprint"]}
+    except StageError:
+        return {}
+
+
+def current_prepared(config) -> dict:
+    """The prepared data's manifest, refused in one line if missing or stale for `config`."""
+    return read_current(artifacts.prepared_dir(config.data_dir), "data_prep", config, DATA_PREP_KEYS,
+                        current_raw_inputs(config))
+
+
+def current_training_inputs(config) -> tuple[dict, dict]:
+    """(prepared manifest, {"prepared": fingerprint, "vocab": fingerprint}) of the data a model is trained
+    on, each refused in one line (StageError) if missing or stale for `config`."""
+    prepared = current_prepared(config)
+    vocabulary = read_current(artifacts.vocab_dir(config.data_dir), "tokeniser_build", config,
+                              VOCAB_KEYS, {"prepared": prepared["fingerprint"]})
+    return prepared, {"prepared": prepared["fingerprint"], "vocab": vocabulary["fingerprint"]}
+
+
+def training_identity(config) -> dict:
+    """The identity of a training run: every training key, the prepared data and vocabulary it
+    reads, and the model format (so a run saved in an older layout counts as out of date)."""
+    _, inputs = current_training_inputs(config)
+    return stage_identity(config, training_keys(config), dict(inputs, model_format=str(MODEL_FORMAT)))
+
+
+def read_run(run_dir: str) -> dict:
+    """The manifest of a finished training run, refused in one line if it is missing or was saved
+    in an older model format than this code reads."""
+    manifest = artifacts.read_manifest(run_dir, f"run: {COMMANDS['model_training']} (or pass --run FOLDER)")
+    found = manifest.get("inputs", {}).get("model_format", "1")
+    if found != str(MODEL_FORMAT):
+        raise StageError(f"{run_dir} was saved by an older imdb-bert (model format {found}, this code reads "
+                         f"{MODEL_FORMAT}): {rerun('model_training', '--force')}")
+    return manifest
+
+
+def run_stage(main) -> None:
+    """Run a stage's `main()`: user errors become one line on stderr and exit code 2."""
+    try:
+        main()
+    except Exception as error:
+        # StageError, and config.py's ConfigError, mark themselves as the user's to fix.
+        if not getattr(error, "user_error", False):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are untouched, nothing half-written is kept; rerun to "
+              "continue (training resumes from its last checkpoint)", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,189 @@
+"""Stage 4's work in named steps: `start` (data, vocabulary, resume state), `build` (the model on
+its devices), `fit`, `evaluate` (held-out numbers) and `publish` (the finished run folder).
+
+Each step takes the `Run` the previous ones filled in. The run trains in `<run_dir>.inprogress/`
+(imdb_bert/resume.py) and appears as `<run_dir>/` only once everything in it is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import keras
+
+from imdb_bert import (artifacts, distribute, export, inputs, monitoring, pipeline, private_apis, probe, resume,
+                       training, vocab)
+from imdb_bert.model import ModelConfig, build_masked_lm
+
+
+@dataclass
+class Run:
+    """One training run as the steps fill it in."""
+    config: object
+    identity: dict
+    strategy: object = None
+    precision: str = ""
+    tokens: list = field(default_factory=list)
+    tokenizer: object = None
+    work: str = ""
+    state: dict | None = None
+    train_windows: object = None
+    validation_windows: object = None
+    counts: dict = field(default_factory=dict)
+    masker: object = None
+    validation_data: object = None
+    steps_per_epoch: int = 0
+    model: object = None
+    fit_seconds: float = 0.0
+
+
+def start(config, identity: dict, force: bool) -> Run:
+    """Devices, precision, vocabulary and tokenised windows; the saved state if resuming."""
+    # Length-grouped validation batches have no known count, so Keras "runs out of data" at the end
+    # of every validation pass by design; the training data repeats forever and cannot run out.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    run = Run(config, identity, strategy=distribute.make_strategy(config.strategy))
+    print(f"model_training: {distribute.describe(run.strategy)} (strategy={config.strategy})")
+    run.tokens = vocab.read_vocabulary(artifacts.vocab_path(config.data_dir))
+    run.tokenizer = vocab.make_tokenizer(run.tokens)
+    for phrase in config.probe_phrases:
+        if inputs.MASK_ID not in inputs.encode_with_masks(run.tokenizer, phrase):
+            raise artifacts.StageError(f"probe phrase {phrase!r} has no [MASK]")
+    run.work = resume.work_dir(config.run_dir)
+    run.state = resume.open_work_dir(run.work, identity, force)
+
+    keras.utils.set_random_seed(config.seed)
+    run.precision = training.resolve_precision(config.mixed_precision)
+    keras.mixed_precision.set_global_policy(run.precision)
+    print(f"model_training: precision {run.precision} (mixed_precision={config.mixed_precision}); learning rate "
+          f"peak {config.learning_rate:.3g} after {config.warmup_steps} warm-up steps ({config.lr_schedule} schedule)")
+    started = time.time()
+    prepared = artifacts.prepared_dir(config.data_dir)
+    run.train_windows = inputs.window_dataset(prepared, "train", run.tokenizer, config.max_seq_len)
+    run.validation_windows = inputs.window_dataset(prepared, "validation", run.tokenizer, config.max_seq_len)
+    train_count, train_tokens = training.count_tokens(run.train_windows)
+    validation_count, validation_tokens = training.count_tokens(run.validation_windows)
+    run.counts = {"train_windows": train_count, "validation_windows": validation_count,
+                  # Batches are grouped by length, so nearly every position trained on is a real token.
+                  "mean_sequence": train_tokens / max(train_count, 1) + 2}
+    print(f"model_training: {train_count} training windows ({train_tokens} word pieces), {validation_count} "
+          f"validation windows ({validation_tokens}); tokenised in {time.time() - started:.1f}s")
+    run.masker = inputs.make_masker(len(run.tokens), pipeline.settings(inputs.MaskingConfig, config))
+    run.validation_data = inputs.validation_dataset(run.validation_windows, run.masker, config.batch_size,
+                                                    config.max_seq_len, config.seed)
+    run.steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
+    return run
+
+
+def build(run: Run) -> None:
+    """The masked LM, its optimizer and metrics in the strategy's scope; restored when resuming."""
+    config = run.config
+    with run.strategy.scope():  # variables, optimizer slots and metrics live on every replica
+        run.model = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=len(run.tokens)))
+        training.compile_masked_lm(run.model, pipeline.settings(training.ScheduleConfig, config),
+                                   config.weight_decay, run.steps_per_epoch * config.epochs, config.jit_compile)
+        if run.state:
+            resume.restore(run.model, run.work, run.state)
+        if config.strategy == "multi_worker":
+            private_apis.prepare_multi_worker_fit(run.model, run.validation_data)
+    if run.state:
+        print(f"model_training: resuming {run.work} at epoch {run.state['epoch'] + 1}, step {run.state['step']} "
+              f"(optimizer step {run.state['global_step']})")
+    else:
+        run.model.summary(line_length=100, expand_nested=True)
+
+
+def fit(run: Run) -> None:
+    """Train the epochs the run still lacks, checkpointing as it goes; a NaN loss stops it in one line."""
+    config, model = run.config, run.model
+    history_rows = resume.trim_history(run.work, run.state["epoch"]) if run.state else []
+    checkpoint = resume.TrainingCheckpoint(run.work, config.checkpoint_every_steps)
+    callbacks = [training.PerplexityLogger(),
+                 *monitoring.training_callbacks(run.work, tokens_per_step=config.batch_size * run.counts["mean_sequence"]),
+                 probe.ProbeCallback(run.tokenizer, run.tokens, config.probe_phrases, config.top_k, config.max_seq_len),
+                 keras.callbacks.CSVLogger(os.path.join(run.work, resume.HISTORY), append=True),
+                 keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.ModelCheckpoint(os.path.join(run.work, resume.BEST_MODEL), monitor="val_loss",
+                                                 save_best_only=True, verbose=0,
+                                                 initial_value_threshold=resume.best_validation_loss(run.work, history_rows)),
+                 checkpoint]
+    started = time.time()
+    for initial_epoch, epochs, steps in resume.fit_plan(run.state, config.epochs, run.steps_per_epoch):
+        checkpoint.start_at(run.steps_per_epoch - steps)
+        # Keras keeps one iterator across the epochs of a fit call, so batch i is trained at optimizer
+        # step i: a resumed run continues the same stream where the interrupted one stopped.
+        global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        train_data = inputs.training_dataset(run.train_windows, run.masker, config.batch_size, config.max_seq_len,
+                                             seed=config.seed, start_batch=global_step)
+        model.fit(train_data, validation_data=run.validation_data, initial_epoch=initial_epoch, epochs=epochs,
+                  steps_per_epoch=steps, validation_steps=config.validation_batches or None,
+                  callbacks=callbacks, verbose=monitoring.fit_verbosity(), shuffle=False)  # tf.data already shuffles
+        if checkpoint.nan_epoch is not None:
+            raise artifacts.StageError(
+                f"training stopped: the loss became NaN in epoch {checkpoint.nan_epoch + 1} (learning_rate "
+                f"{config.learning_rate} is likely too high); {run.work} keeps the last good checkpoint, if any — "
+                "rerun with a lower --set learning_rate=... and --force")
+    run.fit_seconds = time.time() - started
+
+
+def history(run: Run) -> list[dict]:
+    with open(os.path.join(run.work, resume.HISTORY), newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def evaluate(run: Run) -> dict:
+    """metrics.json: held-out masked-token numbers on the whole validation split, the run's course,
+    and the probe's final fills."""
+    config, model = run.config, run.model
+    final = model.evaluate(run.validation_data, return_dict=True, verbose=0)
+    copying = training.all_positions_accuracy(
+        model, run.validation_windows, inputs.make_masker(len(run.tokens), pipeline.settings(inputs.MaskingConfig, config),
+                                                          with_original_ids=True), config.batch_size, config.seed)
+    rows = history(run)
+    best = min(rows, key=lambda row: float(row["val_loss"]))
+    optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    steps_this_session = optimizer_steps - (run.state or {}).get("global_step", 0)
+    return {
+        "validation_masked_accuracy": final["masked_accuracy"],
+        "validation_masked_cross_entropy": final["loss"],
+        "validation_perplexity": math.exp(final["loss"]),
+        "validation_windows": run.counts["validation_windows"],
+        "train_masked_accuracy": float(rows[-1]["masked_accuracy"]),
+        "all_positions_accuracy_original_style": copying,
+        "epochs": len(rows), "steps_per_epoch": run.steps_per_epoch, "optimizer_steps": optimizer_steps,
+        "best_epoch": int(best["epoch"]) + 1, "best_val_loss": float(best["val_loss"]),
+        "precision": run.precision, "fit_seconds_this_session": round(run.fit_seconds, 1),
+        "tokens_per_second": round(steps_this_session * config.batch_size * run.counts["mean_sequence"]
+                                   / run.fit_seconds, 1) if run.fit_seconds > 1 else None,
+        "probe": [fill for phrase in config.probe_phrases
+                  for fill in probe.top_k_fills(model, run.tokenizer, run.tokens, phrase, config.top_k,
+                                                config.max_seq_len)],
+    }
+
+
+def publish(run: Run, metrics: dict) -> None:
+    """Write the finished run folder in one piece, with its manifest, and drop the in-progress one."""
+    config, model = run.config, run.model
+    with artifacts.atomic_dir(config.run_dir) as folder:
+        model.save(os.path.join(folder, "model.keras"))
+        for name in (resume.HISTORY, resume.BEST_MODEL):
+            shutil.copy(os.path.join(run.work, name), os.path.join(folder, name))
+        shutil.copytree(os.path.join(run.work, monitoring.TENSORBOARD_DIR), os.path.join(folder, monitoring.TENSORBOARD_DIR))
+        monitoring.save_curves(history(run), os.path.join(folder, monitoring.CURVES_PNG),
+                               f"{os.path.basename(config.run_dir)}: {metrics['optimizer_steps']} steps, held-out "
+                               f"masked accuracy {metrics['validation_masked_accuracy']:.3f}")
+        shutil.copy(artifacts.vocab_path(config.data_dir), os.path.join(folder, "vocab.txt"))
+        artifacts.write_json(os.path.join(folder, "config.json"), config.as_dict())
+        artifacts.write_json(os.path.join(folder, "metrics.json"), metrics)
+        export.save(export.FillMaskExport(model, run.tokens, config.max_seq_len, config.top_k), "fill_mask",
+                    os.path.join(folder, "fill_mask_export"), max_seq_len=config.max_seq_len, top_k=config.top_k)
+        artifacts.write_manifest(folder, "model_training", run.identity, vocab_size=len(run.tokens),
+                                 train_windows=run.counts["train_windows"],
+                                 validation_windows=run.counts["validation_windows"])
+    shutil.rmtree(run.work)
