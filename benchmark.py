@@ -110,6 +110,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating timing rounds of both models after warm-up (default 3)")
     parser.add_argument("--skip-vocab", action="store_true", help="skip the vocabulary-learning timings")
+    parser.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak timing (default 2048)")
     parser.add_argument("--pipeline-batches", type=int, default=300,
                         help="batches the input pipeline is timed over (default 300)")
     arguments = parser.parse_args()
@@ -192,8 +193,8 @@ def main():
     reference_tokens = config.batch_size * config.max_seq_len / reference_time   # every position counted
 
     # 5. Matmul peak and MFU.
-    peak32 = matmul_peak("float32")
-    peak16 = matmul_peak("bfloat16")
+    peak32 = matmul_peak("float32", arguments.peak_size)
+    peak16 = matmul_peak("bfloat16", arguments.peak_size)
     peak = peak16 if precision == "mixed_bfloat16" else peak32
 
     rows += [
@@ -204,7 +205,7 @@ def main():
         ("reference step (float32)", f"{reference_time * 1000:.0f} ms/step",
          f"{reference_tokens:,.0f} tokens/s (every position counted)"),
         ("ours / reference", f"{ours_tokens / reference_tokens:.2f}x", "tokens/s"),
-        ("matmul peak float32 / bfloat16", f"{peak32:,.0f} / {peak16:,.0f} GFLOP/s", "2048x2048 matmul, best of 20"),
+        ("matmul peak float32 / bfloat16", f"{peak32:,.0f} / {peak16:,.0f} GFLOP/s", f"{arguments.peak_size}x{arguments.peak_size} matmul, best of 20"),
         ("our model FLOP/s, MFU", f"{ours_flops / 1e9:,.0f} GFLOP/s",
          f"MFU {ours_flops / 1e9 / peak:.0%} of the {('bfloat16' if peak is peak16 else 'float32')} peak, "
          f"{ours_flops / 1e9 / peak32:.0%} of the float32 peak"),

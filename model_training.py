@@ -30,17 +30,18 @@ def main():
     run = pretraining.start(config, identity, options.force)
     pretraining.build(run)
     pretraining.fit(run)
-    metrics = pretraining.evaluate(run)
+    metrics = pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES)
     pretraining.publish(run, metrics)
 
     print(f"model_training: validation masked-token accuracy {metrics['validation_masked_accuracy']:.4f}, "
-          f"perplexity {metrics['validation_perplexity']:.1f} (masked positions only, held-out reviews)")
+          f"perplexity {metrics['validation_perplexity']:.1f} (masked positions only, held-out reviews, fixed protocol); "
+          f"word-level cloze top-1 {metrics['cloze_top1']:.4f}, top-5 {metrics['cloze_top5']:.4f}")
     print(f"model_training: all-positions token accuracy {metrics['all_positions_accuracy_original_style']:.4f} "
           "— the original's metric, which counts unmasked tokens the model can copy; for comparison only")
     top = metrics["probe"][0]
     print(f"model_training: probe top-1 {top['predicted mask token']!r} p={top['probability']:.3f}; "
           f"{metrics['epochs']} epochs, {metrics['optimizer_steps']} steps, best epoch {metrics['best_epoch']} "
-          f"-> {config.run_dir}")
+          f"-> {config.run_dir} (read {config.run_dir}/report.md first)")
     print(json.dumps({key: value for key, value in metrics.items() if key != "probe"}))
 
 

@@ -20,6 +20,9 @@ import tempfile
 import time
 
 MANIFEST = "manifest.json"
+# A run's report.md is rewritten in place by evaluate.py (once a classifier exists, say), so it is
+# not part of the run's files or fingerprint: refreshing it never makes the run look changed.
+REPORT = "report.md"
 SENTIMENT_EXPORT = "sentiment_export"   # inside classifier_dir(run_dir)
 
 # Writing failures that mean "the disk is full", not a bug.
@@ -108,7 +111,7 @@ def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
         for name in sorted(names):
             path = os.path.join(root, name)
             relative = os.path.relpath(path, folder)
-            if relative == MANIFEST:
+            if relative in (MANIFEST, REPORT):
                 continue
             files[relative] = os.path.getsize(path)
             digest.update(f"{relative}\0{file_sha256(path)}\0".encode())

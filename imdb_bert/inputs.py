@@ -53,10 +53,11 @@ def split_into_windows(token_ids: tf.RaggedTensor, window: int, keep_empty: bool
 @dataclass(frozen=True)
 class MaskingConfig:
     """Which tokens a masked-LM batch hides, and how (BERT: 15%, then 80% [MASK] / 10% random / 10% kept)."""
-    mask_rate: float = 0.15
-    mask_token_rate: float = 0.8
-    random_token_rate: float = 0.1
-    max_seq_len: int = 128            # caps the prediction slots of one window
+    mask_rate: float
+    mask_token_rate: float
+    random_token_rate: float
+    max_seq_len: int                  # caps the prediction slots of one window
+    whole_word_masking: bool          # select whole words: a word's pieces are masked together
 
 
 class SeededItemSelector(text.RandomItemSelector):
@@ -102,16 +103,35 @@ class SeededMaskValuesChooser(text.MaskValuesChooser):
         return masked_lm_ids.with_flat_values(values)
 
 
-def make_masker(vocab_size: int, masking: MaskingConfig, with_original_ids: bool = False):
+def group_words(ids: tf.RaggedTensor, continuation: tf.Tensor) -> tf.RaggedTensor:
+    """[rows, (pieces)] -> [rows, (words), (pieces)]: a word is a piece that does not start with `##`
+    (`continuation[id]` is False) and the continuation pieces after it. A row's first piece starts a
+    word even if it is a continuation (its word began in the previous window)."""
+    flat = ids.flat_values
+    first = tf.scatter_nd(tf.expand_dims(ids.row_starts(), 1), tf.ones_like(ids.row_starts(), tf.bool),
+                          tf.shape(flat, out_type=tf.int64))
+    starts = tf.logical_or(first, tf.logical_not(tf.gather(continuation, flat)))
+    words = tf.RaggedTensor.from_value_rowids(flat, tf.cumsum(tf.cast(starts, tf.int64)) - 1)
+    return tf.RaggedTensor.from_row_lengths(words, tf.math.segment_sum(tf.cast(starts, tf.int64), ids.value_rowids()))
+
+
+def make_masker(vocab_size: int, masking: MaskingConfig, with_original_ids: bool = False, continuation=None):
     """A function: (ragged window batch, seed [2]) -> (model inputs, masked token labels, label weights).
 
-    Selection (`mask_rate` of the non-special tokens, rounded up) and the 80/10/10 replacement go
-    through tensorflow-text's `mask_language_model`; the draws are stateless, from `seed`. Inputs
+    Selection (`mask_rate` of the non-special tokens, rounded up; of the words with
+    `whole_word_masking`, which needs `continuation`, one bool per vocabulary id saying it is a
+    `##` piece) and the 80/10/10 replacement go through tensorflow-text's `mask_language_model`,
+    which masks all pieces of a selected word when given [rows, words, pieces]; the draws are
+    stateless, from `seed`. Inputs
     are padded to the longest window of the batch (batches come grouped by length, so little
     padding is left); prediction slots to the most selections in the batch, with zero weight.
     With `with_original_ids`, the padded unmasked ids come first in the tuple (for evaluation).
     """
     slots = max_predictions(masking.max_seq_len, masking.mask_rate)
+    if masking.whole_word_masking:
+        if continuation is None:
+            raise ValueError("whole_word_masking needs the vocabulary's continuation flags")
+        continuation = tf.constant(continuation, tf.bool)
 
     def mask(windows: tf.RaggedTensor, seed):
         select_seed, value_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
@@ -119,7 +139,11 @@ def make_masker(vocab_size: int, masking: MaskingConfig, with_original_ids: bool
         chooser = SeededMaskValuesChooser(value_seed, vocab_size, MASK_ID, masking.mask_token_rate,
                                           masking.random_token_rate)
         ids, _ = text.combine_segments([windows], start_of_sequence_id=CLS_ID, end_of_segment_id=SEP_ID)
-        masked_ids, positions, labels = text.mask_language_model(ids, selector, chooser)
+        if masking.whole_word_masking:
+            # Returns [rows, (pieces)] again, every piece of a selected word selected.
+            masked_ids, positions, labels = text.mask_language_model(group_words(ids, continuation), selector, chooser)
+        else:
+            masked_ids, positions, labels = text.mask_language_model(ids, selector, chooser)
         # Slots are padded to the batch's most selections, not to the cap: batches are grouped by
         # length, so this leaves ~no empty slot, where a fixed cap left ~25% of the vocabulary
         # head's work (the step's largest part) on padding.

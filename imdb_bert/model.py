@@ -109,19 +109,21 @@ class TransformerBlock(layers.Layer):
     """Self-attention then a GELU feed-forward network, each with a residual and a layer norm."""
 
     def __init__(self, hidden_size: int, num_heads: int, ffn_size: int, dropout: float = 0.0,
-                 norm_position: str = "pre", activation: str = "gelu", **kwargs):
+                 norm_position: str = "pre", activation: str = "gelu", use_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.hidden_size, self.num_heads, self.ffn_size = hidden_size, num_heads, ffn_size
-        self.dropout, self.norm_position, self.activation = dropout, norm_position, activation
+        self.dropout, self.norm_position, self.activation, self.use_bias = dropout, norm_position, activation, use_bias
         # Sublayers follow this block's dtype policy (not the global one), so a model trained in
         # mixed precision reloads in a process that never set a policy.
         policy = self.dtype_policy
-        self.attention = layers.MultiHeadAttention(num_heads, key_dim=hidden_size // num_heads,
-                                                   dropout=dropout, name="attention", dtype=policy)
-        self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm", dtype=policy)
-        self.ffn_in = layers.Dense(ffn_size, activation=ACTIVATIONS[activation], name="ffn_in", dtype=policy)
-        self.ffn_out = layers.Dense(hidden_size, name="ffn_out", dtype=policy)
-        self.ffn_norm = layers.LayerNormalization(epsilon=1e-6, name="ffn_norm", dtype=policy)
+        self.attention = layers.MultiHeadAttention(num_heads, key_dim=hidden_size // num_heads, dropout=dropout,
+                                                   use_bias=use_bias, name="attention", dtype=policy)
+        self.attention_norm = layers.LayerNormalization(epsilon=1e-6, center=use_bias, name="attention_norm",
+                                                        dtype=policy)
+        self.ffn_in = layers.Dense(ffn_size, activation=ACTIVATIONS[activation], use_bias=use_bias, name="ffn_in",
+                                   dtype=policy)
+        self.ffn_out = layers.Dense(hidden_size, use_bias=use_bias, name="ffn_out", dtype=policy)
+        self.ffn_norm = layers.LayerNormalization(epsilon=1e-6, center=use_bias, name="ffn_norm", dtype=policy)
         self.residual_dropout = layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
@@ -149,7 +151,7 @@ class TransformerBlock(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "hidden_size": self.hidden_size, "num_heads": self.num_heads,
                 "ffn_size": self.ffn_size, "dropout": self.dropout, "norm_position": self.norm_position,
-                "activation": self.activation}
+                "activation": self.activation, "use_bias": self.use_bias}
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -166,17 +168,19 @@ class GatherPositions(layers.Layer):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of the encoder (and of the masked-LM head on it)."""
+    """The shape of the encoder (and of the masked-LM head on it). The pipeline's presets hold the
+    values (config.py); `pipeline.settings(ModelConfig, config, vocab_size=...)` takes them from there."""
     vocab_size: int
-    max_seq_len: int = 128            # including [CLS] and [SEP]
-    hidden_size: int = 128
-    num_heads: int = 4
-    ffn_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.0
-    norm_position: str = "pre"        # pre | post
-    activation: str = "gelu"          # gelu | relu
-    tie_embeddings: bool = True       # the masked-LM head scores against the token embedding table
+    max_seq_len: int                  # positions, [CLS] and [SEP] included
+    hidden_size: int
+    num_heads: int
+    ffn_size: int
+    num_layers: int
+    dropout: float
+    norm_position: str                # pre | post
+    activation: str                   # gelu | relu
+    tie_embeddings: bool              # the masked-LM head scores against the token embedding table
+    use_bias: bool = True             # biases in the encoder's dense layers and layer norms (runs saved before it had them)
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -184,7 +188,7 @@ class BertEncoder(keras.Model):
     """input_ids [batch, seq] -> hidden states [batch, seq, hidden]: embeddings and transformer blocks.
 
     `token_embedding` is the table a masked-LM head scores against; heads are put on the encoder
-    (`BertMaskedLM`, `classifier.build_classifier`), so fine-tuning takes the encoder object.
+    (`BertMaskedLM`, `classifier.SentimentClassifier`), so fine-tuning takes the encoder object.
     """
 
     def __init__(self, config: ModelConfig | dict, dtype=None, **kwargs):
@@ -198,14 +202,14 @@ class BertEncoder(keras.Model):
         position_embedding = PositionEmbedding(config.max_seq_len, name="position_embedding", dtype=policy)
         x = position_embedding(token_embedding(input_ids))
         if config.norm_position == "post":
-            x = layers.LayerNormalization(epsilon=1e-6, name="embedding_norm", dtype=policy)(x)
+            x = layers.LayerNormalization(epsilon=1e-6, center=config.use_bias, name="embedding_norm", dtype=policy)(x)
         x = layers.Dropout(config.dropout, name="embedding_dropout", dtype=policy)(x)
         for index in range(config.num_layers):
             x = TransformerBlock(config.hidden_size, config.num_heads, config.ffn_size, config.dropout,
-                                 config.norm_position, config.activation, name=f"block_{index}",
+                                 config.norm_position, config.activation, config.use_bias, name=f"block_{index}",
                                  dtype=policy)(x, padding_mask)
         if config.norm_position == "pre":
-            x = layers.LayerNormalization(epsilon=1e-6, name="final_norm", dtype=policy)(x)
+            x = layers.LayerNormalization(epsilon=1e-6, center=config.use_bias, name="final_norm", dtype=policy)(x)
         super().__init__(input_ids, x, **{"name": "encoder", **kwargs})
         self.config, self.token_embedding, self.position_embedding = config, token_embedding, position_embedding
         self.layer_policy = policy

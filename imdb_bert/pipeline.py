@@ -102,13 +102,12 @@ def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict
     return manifest
 
 
-def find_raw(config) -> tuple[str, str | None, dict]:
-    """(source, raw folder, its manifest) of the configured source; `auto` takes the official
+def find_raw(source: str, data_dir: str) -> tuple[str, str | None, dict]:
+    """(source, raw folder, its manifest) of the configured `source`; `auto` takes the official
     reviews if download.sh unpacked them, else the package copy. TFDS has no raw folder."""
-    if config.source == "tfds":
+    if source == "tfds":
         return "tfds", None, {"fingerprint": "tfds:imdb_reviews", "origin": "tensorflow-datasets imdb_reviews"}
-    raw = artifacts.raw_dir(config.data_dir)
-    source = config.source
+    raw = artifacts.raw_dir(data_dir)
     if source == "auto":
         present = [name for name in ("official", "package")
                    if os.path.isfile(os.path.join(raw, name, artifacts.MANIFEST))]
@@ -122,11 +121,11 @@ def find_raw(config) -> tuple[str, str | None, dict]:
     return source, folder, manifest
 
 
-def current_raw_inputs(config) -> dict[str, str]:
+def current_raw_inputs(source: str, data_dir: str) -> dict[str, str]:
     """`{"raw": fingerprint}` of the raw reviews data_prep would read now, to check that the
     prepared data is not stale; empty if the raw reviews were deleted (nothing to compare)."""
     try:
-        return {"raw": find_raw(config)[2]["fingerprint"]}
+        return {"raw": find_raw(source, data_dir)[2]["fingerprint"]}
     except StageError:
         return {}
 
@@ -134,7 +133,7 @@ def current_raw_inputs(config) -> dict[str, str]:
 def current_prepared(config) -> dict:
     """The prepared data's manifest, refused in one line if missing or stale for `config`."""
     return read_current(artifacts.prepared_dir(config.data_dir), "data_prep", config, DATA_PREP_KEYS,
-                        current_raw_inputs(config))
+                        current_raw_inputs(config.source, config.data_dir))
 
 
 def current_training_inputs(config) -> tuple[dict, dict]:

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 
 import keras
 
-from imdb_bert import (artifacts, distribute, export, inputs, monitoring, pipeline, private_apis, probe, resume,
-                       training, vocab)
+from imdb_bert import (artifacts, distribute, evaluation, export, inputs, monitoring, pipeline, private_apis, probe,
+                       report, resume, training, vocab)
 from imdb_bert.model import ModelConfig, build_masked_lm
+
+TIME_LIMITED_EPOCHS = 100_000
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Run:
     masker: object = None
     validation_data: object = None
     steps_per_epoch: int = 0
+    epochs: int = 0
     model: object = None
     fit_seconds: float = 0.0
 
@@ -62,7 +65,8 @@ def start(config, identity: dict, force: bool) -> Run:
     run.precision = training.resolve_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy(run.precision)
     print(f"model_training: precision {run.precision} (mixed_precision={config.mixed_precision}); learning rate "
-          f"peak {config.learning_rate:.3g} after {config.warmup_steps} warm-up steps ({config.lr_schedule} schedule)")
+          f"peak {config.learning_rate:.3g} after {config.warmup_steps} warm-up steps ({config.lr_schedule} schedule"
+          + (f" over {config.train_minutes:g} minutes of training steps)" if config.train_minutes else ")"))
     started = time.time()
     prepared = artifacts.prepared_dir(config.data_dir)
     run.train_windows = inputs.window_dataset(prepared, "train", run.tokenizer, config.max_seq_len)
@@ -74,10 +78,14 @@ def start(config, identity: dict, force: bool) -> Run:
                   "mean_sequence": train_tokens / max(train_count, 1) + 2}
     print(f"model_training: {train_count} training windows ({train_tokens} word pieces), {validation_count} "
           f"validation windows ({validation_tokens}); tokenised in {time.time() - started:.1f}s")
-    run.masker = inputs.make_masker(len(run.tokens), pipeline.settings(inputs.MaskingConfig, config))
+    continuation = [token.startswith("##") for token in run.tokens]
+    run.masker = inputs.make_masker(len(run.tokens), pipeline.settings(inputs.MaskingConfig, config),
+                                    continuation=continuation)
     run.validation_data = inputs.validation_dataset(run.validation_windows, run.masker, config.batch_size,
                                                     config.max_seq_len, config.seed)
     run.steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
+    # A time-limited run stops on its clock; `epochs` only caps it.
+    run.epochs = TIME_LIMITED_EPOCHS if config.train_minutes else config.epochs
     return run
 
 
@@ -87,7 +95,7 @@ def build(run: Run) -> None:
     with run.strategy.scope():  # variables, optimizer slots and metrics live on every replica
         run.model = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=len(run.tokens)))
         training.compile_masked_lm(run.model, pipeline.settings(training.ScheduleConfig, config),
-                                   config.weight_decay, run.steps_per_epoch * config.epochs, config.jit_compile)
+                                   config.weight_decay, run.steps_per_epoch * run.epochs, config.jit_compile)
         if run.state:
             resume.restore(run.model, run.work, run.state)
         if config.strategy == "multi_worker":
@@ -103,10 +111,16 @@ def fit(run: Run) -> None:
     """Train the epochs the run still lacks, checkpointing as it goes; a NaN loss stops it in one line."""
     config, model = run.config, run.model
     history_rows = resume.trim_history(run.work, run.state["epoch"]) if run.state else []
-    checkpoint = resume.TrainingCheckpoint(run.work, config.checkpoint_every_steps)
-    callbacks = [training.PerplexityLogger(),
+    budget = None
+    if config.train_minutes:
+        budget = training.TimeBudget(config.train_minutes, config.learning_rate, config.warmup_steps,
+                                     config.lr_schedule, spent=(run.state or {}).get("train_seconds", 0.0))
+    checkpoint = resume.TrainingCheckpoint(run.work, config.checkpoint_every_steps,
+                                           extra_state=lambda: {"train_seconds": budget.seconds} if budget else {})
+    callbacks = [*([budget] if budget else []), training.PerplexityLogger(),
                  *monitoring.training_callbacks(run.work, tokens_per_step=config.batch_size * run.counts["mean_sequence"]),
-                 probe.ProbeCallback(run.tokenizer, run.tokens, config.probe_phrases, config.top_k, config.max_seq_len),
+                 probe.ProbeCallback(run.tokenizer, run.tokens, config.probe_phrases, config.top_k, config.max_seq_len,
+                                     os.path.join(run.work, resume.PROBE_HISTORY)),
                  keras.callbacks.CSVLogger(os.path.join(run.work, resume.HISTORY), append=True),
                  keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.ModelCheckpoint(os.path.join(run.work, resume.BEST_MODEL), monitor="val_loss",
@@ -114,7 +128,7 @@ def fit(run: Run) -> None:
                                                  initial_value_threshold=resume.best_validation_loss(run.work, history_rows)),
                  checkpoint]
     started = time.time()
-    for initial_epoch, epochs, steps in resume.fit_plan(run.state, config.epochs, run.steps_per_epoch):
+    for initial_epoch, epochs, steps in resume.fit_plan(run.state, run.epochs, run.steps_per_epoch):
         checkpoint.start_at(run.steps_per_epoch - steps)
         # Keras keeps one iterator across the epochs of a fit call, so batch i is trained at optimizer
         # step i: a resumed run continues the same stream where the interrupted one stopped.
@@ -129,6 +143,8 @@ def fit(run: Run) -> None:
                 f"training stopped: the loss became NaN in epoch {checkpoint.nan_epoch + 1} (learning_rate "
                 f"{config.learning_rate} is likely too high); {run.work} keeps the last good checkpoint, if any — "
                 "rerun with a lower --set learning_rate=... and --force")
+        if budget and budget.seconds >= budget.budget:
+            break
     run.fit_seconds = time.time() - started
 
 
@@ -137,22 +153,30 @@ def history(run: Run) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def evaluate(run: Run) -> dict:
-    """metrics.json: held-out masked-token numbers on the whole validation split, the run's course,
-    and the probe's final fills."""
+def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
+    """metrics.json: the held-out scores of evaluate.py (fixed-protocol masked tokens over the whole
+    validation split, word-level cloze), the run's course, and the probe's final fills."""
     config, model = run.config, run.model
-    final = model.evaluate(run.validation_data, return_dict=True, verbose=0)
+    cloze = evaluation.ensure_cloze_set(config.data_dir, run.identity["inputs"]["prepared"], cloze_vocab_sizes,
+                                        config.vocab_min_word_count, evaluation.PROTOCOL_SEED)
+    scores = evaluation.scores_of(model, run.tokenizer, run.tokens, run.validation_windows, cloze,
+                                  config.max_seq_len, config.batch_size)
     copying = training.all_positions_accuracy(
         model, run.validation_windows, inputs.make_masker(len(run.tokens), pipeline.settings(inputs.MaskingConfig, config),
-                                                          with_original_ids=True), config.batch_size, config.seed)
+                                                          with_original_ids=True,
+                                                          continuation=[token.startswith("##") for token in run.tokens]), config.batch_size, config.seed)
     rows = history(run)
     best = min(rows, key=lambda row: float(row["val_loss"]))
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     steps_this_session = optimizer_steps - (run.state or {}).get("global_step", 0)
     return {
-        "validation_masked_accuracy": final["masked_accuracy"],
-        "validation_masked_cross_entropy": final["loss"],
-        "validation_perplexity": math.exp(final["loss"]),
+        "validation_masked_accuracy": scores["masked_accuracy"],
+        "validation_masked_cross_entropy": scores["masked_cross_entropy"],
+        "validation_perplexity": scores["perplexity"],
+        "evaluation_protocol": "validation split, every window, 15% masked (80% [MASK] / 10% random / 10% kept), "
+                               f"seed {evaluation.PROTOCOL_SEED}",
+        "cloze_top1": scores["cloze_top1"], "cloze_top5": scores["cloze_top5"],
+        "cloze_sentences": scores["cloze_sentences"],
         "validation_windows": run.counts["validation_windows"],
         "train_masked_accuracy": float(rows[-1]["masked_accuracy"]),
         "all_positions_accuracy_original_style": copying,
@@ -172,7 +196,7 @@ def publish(run: Run, metrics: dict) -> None:
     config, model = run.config, run.model
     with artifacts.atomic_dir(config.run_dir) as folder:
         model.save(os.path.join(folder, "model.keras"))
-        for name in (resume.HISTORY, resume.BEST_MODEL):
+        for name in (resume.HISTORY, resume.BEST_MODEL, resume.PROBE_HISTORY):
             shutil.copy(os.path.join(run.work, name), os.path.join(folder, name))
         shutil.copytree(os.path.join(run.work, monitoring.TENSORBOARD_DIR), os.path.join(folder, monitoring.TENSORBOARD_DIR))
         monitoring.save_curves(history(run), os.path.join(folder, monitoring.CURVES_PNG),
@@ -183,6 +207,12 @@ def publish(run: Run, metrics: dict) -> None:
         artifacts.write_json(os.path.join(folder, "metrics.json"), metrics)
         export.save(export.FillMaskExport(model, run.tokens, config.max_seq_len, config.top_k), "fill_mask",
                     os.path.join(folder, "fill_mask_export"), max_seq_len=config.max_seq_len, top_k=config.top_k)
+        scores = {"masked_accuracy": metrics["validation_masked_accuracy"], "perplexity": metrics["validation_perplexity"],
+                  "cloze_top1": metrics["cloze_top1"], "cloze_top5": metrics["cloze_top5"],
+                  "optimizer_steps": metrics["optimizer_steps"],
+                  "all_positions_accuracy": metrics["all_positions_accuracy_original_style"]}
+        report.write(folder, report.render(os.path.basename(config.run_dir), config.preset, scores, config.as_dict(),
+                                           probe.read_probe_history(os.path.join(folder, resume.PROBE_HISTORY)), True))
         artifacts.write_manifest(folder, "model_training", run.identity, vocab_size=len(run.tokens),
                                  train_windows=run.counts["train_windows"],
                                  validation_windows=run.counts["validation_windows"])

@@ -7,6 +7,8 @@ with that mask filled), `probability` (a real softmax probability, not a logit) 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import keras
@@ -85,19 +87,38 @@ def top_k_fills(model, tokenizer, tokens: list[str], phrase: str, top_k: int, ma
 
 
 class ProbeCallback(keras.callbacks.Callback):
-    """After each epoch, prints the top-k fills of each probe phrase."""
+    """After each epoch, prints the top-k fills of each probe phrase, and appends them as one JSON
+    line `{"epoch": n, "fills": [...]}` to `history_path` (kept across a resumed run) when given."""
 
-    def __init__(self, tokenizer, tokens: list[str], phrases, top_k: int, max_seq_len: int):
+    def __init__(self, tokenizer, tokens: list[str], phrases, top_k: int, max_seq_len: int,
+                 history_path: str | None = None):
         super().__init__()
         self.tokenizer, self.tokens, self.phrases = tokenizer, tokens, list(phrases)
-        self.top_k, self.max_seq_len = top_k, max_seq_len
+        self.top_k, self.max_seq_len, self.history_path = top_k, max_seq_len, history_path
 
     def on_epoch_end(self, epoch, logs=None):
         if not np.isfinite((logs or {}).get("loss", 0.0)):
             return  # diverged weights give meaningless fills; the stage reports the NaN
-        for phrase in self.phrases:
-            for fill in top_k_fills(self.model, self.tokenizer, self.tokens, phrase, self.top_k, self.max_seq_len):
-                print(fill)
+        fills = [fill for phrase in self.phrases
+                 for fill in top_k_fills(self.model, self.tokenizer, self.tokens, phrase, self.top_k, self.max_seq_len)]
+        for fill in fills:
+            print(fill)
+        if self.history_path:
+            with open(self.history_path, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"epoch": epoch + 1, "fills": fills}) + "\n")
+
+
+def read_probe_history(path: str) -> list[dict]:
+    """The per-epoch probe lines of a run, the last line of each epoch kept (a resumed epoch is redone)."""
+    if not os.path.isfile(path):
+        return []
+    by_epoch = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                entry = json.loads(line)
+                by_epoch[entry["epoch"]] = entry
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def load_model(path: str) -> keras.Model:
@@ -109,9 +130,6 @@ def load_model(path: str) -> keras.Model:
 
 def load_run(run_dir: str):
     """(model, tokenizer, tokens, run config dict) of a finished training run folder."""
-    import json
-    import os
-
     from imdb_bert import pipeline, vocab
 
     pipeline.read_run(run_dir)

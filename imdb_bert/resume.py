@@ -30,6 +30,7 @@ from imdb_bert import artifacts, pipeline
 STATE = "state.json"
 IDENTITY = "identity.json"
 HISTORY = "history.csv"
+PROBE_HISTORY = "probe.jsonl"
 BEST_MODEL = "best.keras"
 
 
@@ -146,9 +147,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     A non-finite loss is never saved; `nan_epoch` records the epoch where it appeared.
     """
 
-    def __init__(self, folder: str, every_steps: int):
+    def __init__(self, folder: str, every_steps: int, extra_state=None):
         super().__init__()
-        self.folder, self.every_steps = folder, every_steps
+        self.folder, self.every_steps, self.extra_state = folder, every_steps, extra_state or dict
         self.epoch = self.step = 0
         self.nan_epoch = None
 
@@ -175,8 +176,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         global_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         name = f"state-{global_step:09d}.weights.h5"
         self.model.save_weights(os.path.join(self.folder, name))
-        artifacts.write_json(os.path.join(self.folder, STATE),
-                             {"epoch": epoch, "step": step, "global_step": global_step, "weights": name})
+        artifacts.write_json(os.path.join(self.folder, STATE), {"epoch": epoch, "step": step, "global_step": global_step,
+                                                                "weights": name, **self.extra_state()})
         for old in glob.glob(os.path.join(self.folder, "state-*.weights.h5")):
             if os.path.basename(old) != name:
                 os.remove(old)

@@ -8,6 +8,7 @@ position, 0 at a padded prediction slot), so only masked tokens count.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import keras
@@ -21,8 +22,9 @@ from imdb_bert import inputs
 class ScheduleConfig:
     """The learning rate over training. `learning_rate` is always the peak, reached after warm-up."""
     learning_rate: float
-    lr_schedule: str = "cosine"       # cosine | transformer
-    warmup_steps: int = 300
+    lr_schedule: str                  # cosine | linear | transformer
+    warmup_steps: int
+    train_minutes: float              # > 0: the decay follows the time trained, not the step
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -60,14 +62,73 @@ def resolve_precision(requested: str) -> str:
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak` over `warmup_steps`, then linear decay to zero at `total_steps`."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        remaining = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
+        return self.peak * tf.clip_by_value(tf.minimum(step / warmup, remaining), 0.0, 1.0)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+def decay_at(kind: str, progress: float) -> float:
+    """The share of the peak rate left after `progress` (0..1) of training, for the time-driven schedule."""
+    progress = min(max(progress, 0.0), 1.0)
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))   # cosine to 2%, as CosineDecay(alpha=0.02)
+
+
 def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int):
-    """The configured schedule: linear warm-up then cosine decay, or the Transformer schedule."""
+    """The configured schedule: linear warm-up then cosine or linear decay, or the Transformer schedule.
+    A time-limited run starts at 0 and is driven by its `TimeBudget` callback instead."""
+    if schedule.train_minutes:
+        return 0.0
     if schedule.lr_schedule == "transformer":
         return TransformerSchedule(schedule.learning_rate, schedule.warmup_steps)
     warmup = min(schedule.warmup_steps, max(total_steps // 2, 1))
+    if schedule.lr_schedule == "linear":
+        return LinearDecay(schedule.learning_rate, warmup, total_steps)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=schedule.learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps - warmup, 1), alpha=0.02)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Trains for `minutes` of training steps (the time between a step's start and end: validation,
+    probes and checkpoints excluded), then stops. Before each step it sets the learning rate:
+    linear warm-up over the first `warmup_steps` steps, then the decay of `kind` over the fraction
+    of the time used, so a cheaper step buys more steps of the same schedule ("Cramming",
+    Geiping & Goldstein 2022). `seconds` carries over a resumed run (`spent`)."""
+
+    def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, spent: float = 0.0):
+        super().__init__()
+        self.budget, self.peak, self.warmup_steps, self.kind = minutes * 60.0, peak, warmup_steps, kind
+        self.seconds, self.started, self.tracing = spent, None, False
+
+    def on_train_begin(self, logs=None):
+        self.tracing = True   # the first step of a fit call also builds the graph: not training time
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        warm = min((step + 1) / max(self.warmup_steps, 1), 1.0)
+        self.model.optimizer.learning_rate = self.peak * warm * decay_at(self.kind, self.seconds / self.budget)
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.tracing:
+            self.seconds += time.perf_counter() - self.started
+        self.tracing = False
+        if self.seconds >= self.budget:
+            self.model.stop_training = True
 
 
 def adamw(learning_rate, weight_decay: float, encoder, beta_2: float = 0.999) -> keras.optimizers.AdamW:

@@ -136,7 +136,8 @@ def masked_lm_for(settings, vocab_size: int, total_steps: int | None = None):
     return built
 
 
-def masker_for(settings, vocab_size: int, with_original_ids: bool = False):
+def masker_for(settings, vocab_size: int, with_original_ids: bool = False, continuation=None):
     from imdb_bert import inputs, pipeline
 
-    return inputs.make_masker(vocab_size, pipeline.settings(inputs.MaskingConfig, settings), with_original_ids)
+    return inputs.make_masker(vocab_size, pipeline.settings(inputs.MaskingConfig, settings), with_original_ids,
+                              continuation)

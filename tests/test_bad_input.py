@@ -181,3 +181,18 @@ def test_a_library_version_other_than_the_checked_one_is_one_line():
     with pytest.raises(artifacts.StageError, match=r"keras 3\.99\.0 is installed, but imdb-bert relies on private "
                                                    r"parts of keras 3\.15\.1 .*pip install -r requirements.txt"):
         private_apis.require("keras", installed="3.99.0")
+
+
+def test_a_run_saved_by_an_older_version_is_one_line(trained_run, tmp_path):
+    data_dir = copy_data(trained_run, tmp_path)
+    import shutil
+
+    old_run = os.path.join(data_dir, "runs", "old")
+    shutil.copytree(os.path.join(trained_run[0], "runs", "tiny"), old_run)
+    manifest_path = os.path.join(old_run, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    del manifest["inputs"]["model_format"]        # what runs saved before the encoder/head split carry
+    json.dump(manifest, open(manifest_path, "w"))
+    result = run_stage(["fill_mask.py", "--run", old_run, "the [MASK] was good"], data_dir, check=False)
+    one_line_error(result, "was saved by an older imdb-bert (model format 1, this code reads 2)",
+                   "rerun python model_training.py --force")

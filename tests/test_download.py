@@ -37,6 +37,8 @@ def test_checksum_mismatch_is_refused(tmp_path, archive):
     assert result.stderr.strip().splitlines()[-1].startswith("error: checksum mismatch")
     assert not (tmp_path / "raw" / "official").exists()
     assert not (tmp_path / "raw" / "archive" / "aclImdb_v1.tar.gz").exists()
+    bad = tmp_path / "raw" / "archive" / "aclImdb_v1.tar.gz.bad"   # kept aside for a look, never used
+    assert bad.read_bytes() == open(path, "rb").read()
 
 
 def test_truncated_archive_is_refused(tmp_path, archive):
@@ -47,6 +49,8 @@ def test_truncated_archive_is_refused(tmp_path, archive):
     result = download(str(tmp_path / "data"), "file://" + str(truncated), sha256, "--source", "official")
     assert result.returncode == 2 and "truncated or corrupt" in result.stderr
     assert not (tmp_path / "data" / "raw" / "official").exists()
+    bad = tmp_path / "data" / "raw" / "archive" / "aclImdb_v1.tar.gz.bad"
+    assert bad.read_bytes() == truncated.read_bytes() and f"moved it to" in result.stderr
     assert not [name for name in os.listdir(tmp_path / "data" / "raw") if "partial" in name]
 
 

@@ -148,3 +148,25 @@ def test_the_training_stream_is_fixed_by_its_seed_and_resumes_where_it_stopped(w
     for a, b in zip(first[4:], resumed):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
+
+
+def test_whole_word_masking_selects_every_piece_of_a_word(tokens, windows):
+    settings = config.make_config("tiny", {"max_seq_len": "128", "whole_word_masking": "true", "mask_rate": "0.3"})
+    continuation = [token.startswith("##") for token in tokens]
+    masker = masker_for(settings, len(tokens), with_original_ids=True, continuation=continuation)
+    original, features, labels, weights = masker(windows[:500], tf.constant([3, 4]))
+    original, positions, weights = original.numpy(), features["masked_positions"].numpy(), weights.numpy()
+    is_piece = np.array(continuation)[original]
+    words_with_pieces = 0
+    for row in range(len(original)):
+        chosen = set(positions[row][weights[row] > 0].tolist())
+        for column in chosen:
+            start = column
+            while start > 1 and is_piece[row, start]:
+                start -= 1
+            end = column + 1
+            while end < original.shape[1] and is_piece[row, end]:
+                end += 1
+            assert set(range(start, end)) <= chosen, (row, column)   # the whole word, not one piece of it
+            words_with_pieces += end - start > 1
+    assert words_with_pieces > 50

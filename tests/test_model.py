@@ -173,3 +173,29 @@ def test_several_replicas_give_the_mean_over_every_masked_token_of_the_global_ba
     mean_of_means = np.mean([(entropy[:2] * weights[:2]).sum() / 12, (entropy[2:] * weights[2:]).sum() / 2])
     assert abs(global_mean - mean_of_means) > 0.05            # the two readings differ on this batch
     assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(global_mean, rel=1e-5)
+
+
+def test_an_encoder_without_biases_has_none():
+    settings = config.make_config("tiny", {"use_bias": "false"})
+    masked_lm = masked_lm_for(settings, VOCAB)
+    encoder_biases = [weight.path for weight in masked_lm.encoder.weights
+                      if weight.path.endswith(("bias", "beta")) and "token_embedding" not in weight.path]
+    assert not encoder_biases
+    assert predict(masked_lm, [3, 9, 2, 4], [2]).shape == (1, 1, VOCAB)
+
+
+def test_a_time_budget_stops_training_and_decays_the_rate_to_zero_over_the_time():
+    settings = config.make_config("tiny", {"train_minutes": "0.05", "lr_schedule": "linear", "warmup_steps": "2"})
+    masked_lm = masked_lm_for(settings, VOCAB, total_steps=10)
+    rng = np.random.default_rng(0)
+    features = {"input_ids": rng.integers(5, VOCAB, (8, 16)).astype(np.int32),
+                "masked_positions": rng.integers(1, 15, (8, 3)).astype(np.int32)}
+    data = tf.data.Dataset.from_tensors((features, rng.integers(5, VOCAB, (8, 3)), np.ones((8, 3), np.float32)))
+    budget = training.TimeBudget(0.05, 1e-3, 2, "linear")
+    rates = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: rates.append(
+        float(keras.ops.convert_to_numpy(masked_lm.optimizer.learning_rate))))
+    history = masked_lm.fit(data.repeat(), steps_per_epoch=20, epochs=10_000, verbose=0, callbacks=[budget, record])
+    assert budget.seconds >= 3.0 and len(history.history["loss"]) < 10_000          # stopped on its clock
+    assert max(rates) == pytest.approx(1e-3, rel=0.05) and rates[-1] < 0.05 * max(rates)   # peak, then ~0 at the end
+    assert rates.index(max(rates)) < len(rates) // 4

@@ -10,7 +10,7 @@ import config
 from conftest import masked_lm_for, masker_for
 from imdb_bert import inputs, training, vocab
 
-STEPS = 40
+STEPS = 25
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,20 @@ def manifest(data_dir, *parts):
         return json.load(handle)
 
 
+RESUME_SETTINGS = ["steps_per_epoch=30", "checkpoint_every_steps=10"]
+
+
 @pytest.fixture(scope="module")
 def trained(built_data, tmp_path_factory):
-    """A copy of the built data with a finished tiny training run (short epochs)."""
+    """A copy of the built data with a finished tiny training run (short epochs), never interrupted."""
     data_dir = copy_data(built_data, tmp_path_factory.mktemp("trained"))
-    run_stage(["model_training.py"], data_dir, "steps_per_epoch=20")
+    run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS)
     return data_dir
 
 
 def test_rerunning_the_whole_pipeline_with_nothing_changed_does_nothing(trained):
     before = manifest(trained, "runs", "tiny")
-    result = subprocess.run(stage_command(["./run_pipeline.sh"], trained, "steps_per_epoch=20"), cwd=ROOT,
+    result = subprocess.run(stage_command(["./run_pipeline.sh"], trained, *RESUME_SETTINGS), cwd=ROOT,
                             env=stage_environment(IMDB_BERT_URL="file:///nonexistent"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -79,9 +82,6 @@ def wait_for_mid_epoch_state(process, state_path, epoch, timeout=600):
     raise AssertionError(f"training never checkpointed mid-epoch {epoch + 1} (exit code {process.poll()})")
 
 
-RESUME_SETTINGS = ["steps_per_epoch=30", "checkpoint_every_steps=10"]
-
-
 def run_history(run_dir):
     with open(os.path.join(run_dir, "history.csv")) as handle:
         rows = list(csv.DictReader(handle))
@@ -89,11 +89,9 @@ def run_history(run_dir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(built_data, tmp_path_factory):
+def uninterrupted(trained):
     """The run the interrupted ones must end up equal to: same data, config and seed, never stopped."""
-    data_dir = copy_data(built_data, tmp_path_factory.mktemp("uninterrupted"))
-    run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS)
-    run_dir = os.path.join(data_dir, "runs", "tiny")
+    run_dir = os.path.join(trained, "runs", "tiny")
     return run_history(run_dir), json.load(open(os.path.join(run_dir, "metrics.json")))
 
 

@@ -1,0 +1,112 @@
+"""evaluate.py and the held-out measures behind it: the fixed-protocol masked-token numbers, the
+word-level cloze set (held-out text only, deterministic) and report.md, on the tiny preset."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import config
+from conftest import ROOT, copy_data, masked_lm_for, one_line_error, run_stage, stage_environment
+from imdb_bert import corpus, evaluation, vocab
+
+
+def evaluate(*arguments, check=True):
+    """evaluate.py as a user runs it: run folders as arguments (each carries its own data_dir)."""
+    result = subprocess.run([sys.executable, "evaluate.py", *arguments], cwd=ROOT, env=stage_environment(),
+                            capture_output=True, text=True, timeout=900)
+    assert not check or result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+    data_dir, _ = trained_run
+    run_dir = os.path.join(data_dir, "runs", "tiny")
+    result = evaluate(run_dir, "--json")
+    return data_dir, run_dir, result, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_cloze_set_comes_from_held_out_text_only_and_is_deterministic(evaluated):
+    data_dir, _, _, _ = evaluated
+    prepared = os.path.join(data_dir, "prepared")
+    held_out = corpus.split_texts(prepared, "validation")
+    manifest = json.load(open(os.path.join(data_dir, "cloze", "manifest.json")))
+    assert manifest["inputs"]["prepared"] == json.load(open(os.path.join(prepared, "manifest.json")))["fingerprint"]
+    cloze = evaluation.read_cloze(os.path.join(data_dir, "cloze"))
+    assert len(cloze) == manifest["sentences"] > 200
+    held_out_words = [" ".join(evaluation.words_of(text)) for text in held_out]
+    for item in cloze[:300]:
+        sentence = item["text"].replace("[MASK]", item["answer"])
+        assert any(sentence in text for text in held_out_words), sentence
+        assert item["text"].count("[MASK]") == 1
+    words = {item["answer"] for item in cloze}
+    again = evaluation.build_cloze_set(held_out, words, evaluation.PROTOCOL_SEED)
+    other = evaluation.build_cloze_set(held_out, words, evaluation.PROTOCOL_SEED + 1)
+    assert again[:len(cloze)] == evaluation.build_cloze_set(held_out, words, evaluation.PROTOCOL_SEED)[:len(cloze)]
+    assert again != other
+    # Each answer is one whole word piece at every preset's vocabulary size (learned from the training split).
+    train = corpus.split_texts(prepared, "train")
+    counts = [(word, count) for word, count in vocab.count_words(train).items() if count >= 2]
+    for size in config.PRESET_VOCAB_SIZES:
+        assert words <= set(vocab.learn_wordpiece(counts, size)), size
+
+
+def test_evaluate_matches_training_and_a_random_model_scores_near_zero(evaluated):
+    data_dir, run_dir, result, row = evaluated
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert row["masked_accuracy"] == pytest.approx(metrics["validation_masked_accuracy"], abs=1e-6)
+    assert row["perplexity"] == pytest.approx(metrics["validation_perplexity"], rel=1e-5)
+    assert row["cloze_top5"] == pytest.approx(metrics["cloze_top5"], abs=1e-9)
+    tokens = vocab.read_vocabulary(os.path.join(run_dir, "vocab.txt"))
+    untrained = masked_lm_for(config.make_config("tiny"), len(tokens))
+    cloze = evaluation.read_cloze(os.path.join(data_dir, "cloze"))
+    chance = evaluation.cloze_scores(untrained, vocab.make_tokenizer(tokens), tokens, cloze, 64)
+    assert chance["cloze_top5"] < 0.03 and chance["cloze_top1"] < 0.01
+    assert row["cloze_top5"] > chance["cloze_top5"] + 0.05      # the tiny run learned something
+    assert row["cloze_top5"] >= row["cloze_top1"]
+
+
+def test_report_md_reads_on_its_own(evaluated):
+    _, run_dir, _, _ = evaluated
+    report = open(os.path.join(run_dir, "report.md")).read()
+    for part in ["# Run `tiny`", "fixed protocol", "word-level cloze top-5", "healthy runs of this preset",
+                 "0.977", "0.844", "## Probe per epoch", "- epoch 3:", "curves.png"]:
+        assert part in report, part
+    manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+    assert "report.md" not in manifest["files"]   # rewriting it never makes the run look changed
+
+
+def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path):
+    data_dir, run_dir, _, _ = evaluated
+    other_data = copy_data((data_dir, None), tmp_path)
+    run_stage(["model_training.py"], other_data, "mask_rate=0.3", "steps_per_epoch=10", "run_name=masked30")
+    shutil.copytree(run_dir, os.path.join(other_data, "runs", "tiny"))
+    runs = [os.path.join(other_data, "runs", name) for name in ("tiny", "masked30")]
+    # The copied run names the original data folder; evaluate both against the same held-out reviews.
+    result = evaluate("--compare", *runs)
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert "mask_rate" in table[0] and "cloze@5" in table[0]
+    assert table[2].startswith("| tiny |") and table[3].startswith("| masked30 |") and "| 0.3 |" in table[3] + " "
+
+
+def test_a_folder_that_is_not_a_finished_run_is_one_line(evaluated, tmp_path):
+    data_dir, _, _, _ = evaluated
+    result = evaluate(str(tmp_path), check=False)
+    one_line_error(result, "has no finished output", "run: python model_training.py")
+
+
+def test_a_run_whose_prepared_data_changed_is_one_line(evaluated, tmp_path):
+    data_dir, run_dir, _, _ = evaluated
+    copied = copy_data((data_dir, None), tmp_path)
+    shutil.copytree(run_dir, os.path.join(copied, "runs", "tiny"))
+    settings_path = os.path.join(copied, "runs", "tiny", "config.json")
+    settings = json.load(open(settings_path))
+    settings["data_dir"] = copied
+    json.dump(settings, open(settings_path, "w"))
+    run_stage(["data_prep.py", "--force"], copied, "split_seed=7")
+    result = evaluate(os.path.join(copied, "runs", "tiny"), check=False)
+    one_line_error(result, "was trained on other prepared data", "rerun python model_training.py")
