@@ -166,8 +166,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                 steps_per_epoch=0, validation_batches=0, classifier_epochs=3, classifier_max_windows=2,
                 classifier_learning_rate=1e-4),
     # Training is limited by time, not steps, so the whole pipeline stays under 20 minutes on any
-    # 2-core CPU: 14 minutes bought ~3,200 steps on a CPU with native bf16, ~950 on an AVX2-only one.
-    "cpu": dict(train_minutes=14.0),
+    # 2-core CPU (the other stages and the final evaluation take ~6 of them on a slow one); the
+    # steps 12 minutes buy depend on the CPU (README, Presets).
+    "cpu": dict(train_minutes=12.0),
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
                  num_layers=2, batch_size=16, epochs=3, warmup_steps=20, learning_rate=3e-3,
                  num_shards=2, validation_fraction=0.2, steps_per_epoch=0, validation_batches=0,
