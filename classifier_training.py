@@ -3,8 +3,9 @@
     python classifier_training.py [--preset P] [--set classifier_epochs=3] [--compare-scratch] [--force]
 
 Reads the finished run folder of model_training.py (<runs_dir>/<run_name or preset>) and the
-labelled reviews of data/prepared: trains on the train split, evaluates on the validation split,
-which pretraining never trained on. Writes <run_dir>/classifier/ with classifier.keras,
+labelled reviews of data/prepared: trains on the train split, keeps the epoch that scores best on
+the dev split, and scores the validation split (held out, never trained on, never used for a
+choice) once, at the end. Writes <run_dir>/classifier/ with classifier.keras,
 metrics.json (accuracy, loss and confusion matrix on the held-out reviews), history.csv,
 sentiment_export/ (a SavedModel that classifies raw strings; serve it with predict.py) and
 manifest.json.
@@ -54,20 +55,23 @@ def train(config, identity, folder, compare, splits):
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(training.resolve_precision(config.mixed_precision))
 
-    train_windows, held_out_windows = (
+    train_windows, dev_windows, held_out_windows = (
         classifier.labelled_review_windows(classifier.labelled_reviews(prepared, split), tokenizer,
                                            config.max_seq_len, config.classifier_max_windows)
-        for split in ("train", "validation"))
+        for split in ("train", "dev", "validation"))
     # data_prep counted each split's labels; unlabelled reviews are skipped.
-    train_count, held_out_count = (splits[split]["labels"]["pos"] + splits[split]["labels"]["neg"]
-                                   for split in ("train", "validation"))
-    if train_count == 0 or held_out_count == 0:
-        raise artifacts.StageError(f"no labelled reviews in the {'train' if not train_count else 'validation'} "
-                                   "split: the classifier needs labelled data (source package, official or tfds)")
-    print(f"classifier_training: {train_count} labelled training reviews, {held_out_count} held-out reviews "
-          f"(the validation split), up to {config.classifier_max_windows} windows of {config.max_seq_len} each")
+    train_count, dev_count, held_out_count = (splits[split]["labels"]["pos"] + splits[split]["labels"]["neg"]
+                                              for split in ("train", "dev", "validation"))
+    for split, count in (("train", train_count), ("dev", dev_count), ("validation", held_out_count)):
+        if count == 0:
+            raise artifacts.StageError(f"no labelled reviews in the {split} split: the classifier needs labelled "
+                                       "data (source package, official or tfds)")
+    print(f"classifier_training: {train_count} labelled training reviews, {dev_count} dev reviews (pick the epoch), "
+          f"{held_out_count} held-out reviews (the validation split, scored once), up to "
+          f"{config.classifier_max_windows} windows of {config.max_seq_len} each")
     longest = config.classifier_max_windows * config.max_seq_len
     train_data = classifier.batches(train_windows, config.batch_size, longest, shuffle_seed=config.seed)
+    dev = classifier.batches(dev_windows, config.batch_size, longest)
     held_out = classifier.batches(held_out_windows, config.batch_size, longest)
     steps_per_epoch = sum(1 for _ in train_data)
     total_steps = steps_per_epoch * config.classifier_epochs
@@ -76,17 +80,20 @@ def train(config, identity, folder, compare, splits):
         model = classifier.SentimentClassifier(encoder, config.classifier_dropout)
         classifier.compile_classifier(model, config.classifier_learning_rate, total_steps)
         print(f"classifier_training: {name}: {config.classifier_epochs} epochs x {steps_per_epoch} steps")
-        model.fit(train_data, validation_data=held_out, epochs=config.classifier_epochs, verbose=2, shuffle=False,
-                  callbacks=[keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv"))])
-        result = classifier.evaluate(model, held_out)
-        print(f"classifier_training: {name}: held-out accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
+        best = classifier.best_epoch_on_dev(config.classifier_epochs)
+        model.fit(train_data, validation_data=dev, epochs=config.classifier_epochs, verbose=2, shuffle=False,
+                  callbacks=[keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv")), best])
+        result = {**classifier.evaluate(model, held_out), "epoch_picked_on_dev": best.best_epoch + 1,
+                  "dev_accuracy": float(best.best)}
+        print(f"classifier_training: {name}: epoch {best.best_epoch + 1} picked on dev (accuracy {best.best:.4f}); "
+              f"held-out accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
         return model, result
 
     with artifacts.atomic_dir(folder) as work:
         pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
         model, results = fine_tune("pretrained", pretrained.encoder, work)
         metrics = {"held_out": "validation split of data/prepared (labelled reviews only)",
-                   "train_reviews": train_count, "held_out_reviews": held_out_count,
+                   "train_reviews": train_count, "dev_reviews": dev_count, "held_out_reviews": held_out_count,
                    "epochs": config.classifier_epochs, "steps": total_steps,
                    "fine_tuned_pretrained": results}
         if compare:
@@ -117,11 +124,15 @@ def bag_of_words(prepared, config) -> dict:
 
     train_reviews = classifier.labelled_reviews(prepared, "train").cache()
     model = classifier.bag_of_words_model(train_reviews.map(lambda text, label: text))
-    held_out = classifier.labelled_reviews(prepared, "validation").batch(256)
+    dev, held_out = (classifier.labelled_reviews(prepared, split).batch(256) for split in ("dev", "validation"))
     print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression")
-    model.fit(train_reviews.shuffle(25_000, seed=config.seed).batch(64), epochs=4, verbose=2, shuffle=False)
-    result = classifier.evaluate(model, held_out)
-    print(f"classifier_training: bag of words: held-out accuracy {result['accuracy']:.4f}")
+    best = classifier.best_epoch_on_dev(4)
+    model.fit(train_reviews.shuffle(25_000, seed=config.seed).batch(64), validation_data=dev, epochs=4, verbose=2,
+              shuffle=False, callbacks=[best])
+    result = {**classifier.evaluate(model, held_out), "epoch_picked_on_dev": best.best_epoch + 1,
+              "dev_accuracy": float(best.best)}
+    print(f"classifier_training: bag of words: epoch {best.best_epoch + 1} picked on dev; held-out accuracy "
+          f"{result['accuracy']:.4f}")
     return result
 
 

@@ -44,7 +44,9 @@ class Config:
 
     # Stage 2: cleaning and splitting.
     source: str = "auto"              # auto | official | package | tfds
-    validation_fraction: float = 0.1
+    validation_fraction: float = 0.1  # held-out reviews: scored for the final figures only
+    dev_fraction: float = 0.1         # reviews carved from the training side for choices (the epoch of
+                                      # fine-tuning, per-epoch validation, a recipe study), never trained on
     split_seed: int = 1234
     num_shards: int = 4
 
@@ -77,8 +79,8 @@ class Config:
                                       # probes excluded) instead of epochs x steps_per_epoch; the learning
                                       # rate then decays over the time, so a cheaper step buys more steps
     steps_per_epoch: int = 500        # 0: one full pass over the training windows
-    validation_batches: int = 30      # per-epoch validation on this fixed subset (0: all); the
-                                      # final metrics always use the whole validation split
+    validation_batches: int = 30      # per-epoch validation on this fixed subset of the dev split (0: all);
+                                      # the final metrics always use the whole held-out validation split
     learning_rate: float = 2e-3       # the peak, reached after warm-up, in every schedule
     lr_schedule: str = "cosine"       # cosine (warm-up then cosine decay) | linear (warm-up then linear
                                       # decay to zero) | transformer
@@ -114,12 +116,14 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ["validation_fraction", "mask_rate"]:
+        for name in ["validation_fraction", "dev_fraction", "mask_rate"]:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
         for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay", "classifier_dropout"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.validation_fraction + self.dev_fraction >= 1.0:
+            raise ConfigError("validation_fraction + dev_fraction must leave reviews to train on (sum below 1)")
         if self.mask_token_rate + self.random_token_rate > 1.0:
             raise ConfigError("mask_token_rate + random_token_rate must not exceed 1")
         if self.hidden_size % self.num_heads:

@@ -2,8 +2,11 @@
 
     python data_prep.py [--preset P] [--source official|package|tfds] [--set validation_fraction=0.1] [--force]
 
+Three splits: train (pretraining, vocabulary, fine-tuning), dev (choices: per-epoch validation,
+the fine-tuning epoch, recipe studies) and validation (held out, scored only for final figures).
+
 Reads <data_dir>/raw (written by ./download.sh) or the TFDS cache (source=tfds), and writes
-<data_dir>/prepared/{train,validation}-*.tfrecord with a manifest.json of counts and config.
+<data_dir>/prepared/{train,dev,validation}-*.tfrecord with a manifest.json of counts and config.
 Does nothing if that output was already built from the same raw reviews and config.
 """
 
@@ -24,7 +27,7 @@ def main():
 
     reviews, undecodable = corpus.read_raw(source, raw_folder)
     kept, counts = corpus.clean_and_dedupe(reviews)
-    splits = corpus.split_reviews(kept, config.validation_fraction, config.split_seed)
+    splits = corpus.split_reviews(kept, config.validation_fraction, config.dev_fraction, config.split_seed)
 
     with artifacts.atomic_dir(output) as folder:
         shards = {name: corpus.write_shards(folder, name, splits[name], config.num_shards)
@@ -40,7 +43,7 @@ def main():
 
     print(f"data_prep: source={source} read={counts['read']} empty_dropped={counts['empty_dropped']} "
           f"duplicates_removed={counts['duplicates_removed']} undecodable={undecodable}")
-    print(f"data_prep: train={len(splits['train'])} validation={len(splits['validation'])} "
+    print(f"data_prep: train={len(splits['train'])} dev={len(splits['dev'])} validation={len(splits['validation'])} "
           f"reviews -> {output} ({time.time() - started:.1f}s)")
 
 

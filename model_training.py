@@ -4,7 +4,7 @@
 
 Reads <data_dir>/prepared and <data_dir>/vocab/vocab.txt; trains in <run_dir>.inprogress/ and, when
 done, writes <runs_dir>/<run_name or preset>/ with model.keras (last epoch), best.keras (best
-validation loss), vocab.txt, config.json, history.csv, metrics.json, logs/ (TensorBoard), curves.png,
+dev-split loss), vocab.txt, config.json, history.csv, metrics.json, logs/ (TensorBoard), curves.png,
 fill_mask_export/ (a SavedModel that fills [MASK]s in raw strings; serve it with predict.py) and
 manifest.json. After each epoch it prints the top-k fills of the probe phrases; metrics count
 masked positions only.

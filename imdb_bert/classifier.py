@@ -104,6 +104,13 @@ def compile_classifier(model: SentimentClassifier, learning_rate: float, total_s
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
 
 
+def best_epoch_on_dev(epochs: int) -> keras.callbacks.EarlyStopping:
+    """A callback that keeps the weights of the epoch with the best dev accuracy (`validation_data` of
+    `fit` is the dev split) and restores them when training ends; it never stops early."""
+    return keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=epochs,
+                                         restore_best_weights=True, verbose=0)
+
+
 def bag_of_words_model(train_texts: tf.data.Dataset, max_tokens: int = 30_000) -> keras.Model:
     """Logistic regression on TF-IDF of words and word pairs (Keras `TextVectorization` + one Dense)."""
     vectorizer = layers.TextVectorization(max_tokens=max_tokens, ngrams=2, output_mode="tf_idf",

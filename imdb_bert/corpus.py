@@ -30,7 +30,7 @@ from imdb_bert import artifacts, pipeline
 LABEL_NAMES = {1: "pos", 0: "neg", -1: "unlabelled"}
 PACKAGE_CSV = "reviews.csv"
 OFFICIAL_FOLDERS = [("train/pos", 1), ("train/neg", 0), ("test/pos", 1), ("test/neg", 0), ("train/unsup", -1)]
-SPLITS = ("train", "validation")
+SPLITS = ("train", "dev", "validation")
 
 
 @dataclass(frozen=True)
@@ -171,16 +171,22 @@ def clean_and_dedupe(reviews: list[Review]) -> tuple[list[Review], dict]:
                   "kept": len(kept)}
 
 
-def split_reviews(reviews: list[Review], validation_fraction: float, seed: int) -> dict[str, list[Review]]:
-    """A seeded, deterministic train/validation split of (already de-duplicated) reviews."""
+def split_reviews(reviews: list[Review], validation_fraction: float, dev_fraction: float,
+                  seed: int) -> dict[str, list[Review]]:
+    """A seeded, deterministic split of (already de-duplicated) reviews into train, dev and validation.
+
+    The validation reviews are the first of one seeded permutation and do not depend on
+    `dev_fraction`, so carving a dev split never changes the held-out reviews.
+    """
     order = np.random.default_rng(seed).permutation(len(reviews))
     validation_count = max(1, int(round(len(reviews) * validation_fraction)))
-    if validation_count >= len(reviews):
-        raise artifacts.StageError(f"only {len(reviews)} non-empty distinct reviews: too few to split off a "
-                                   f"validation set — check the raw reviews ({pipeline.rerun('download', '--force')})")
-    validation = sorted(order[:validation_count])
-    train = sorted(order[validation_count:])
-    return {"train": [reviews[i] for i in train], "validation": [reviews[i] for i in validation]}
+    dev_count = max(1, int(round(len(reviews) * dev_fraction)))
+    if validation_count + dev_count >= len(reviews):
+        raise artifacts.StageError(f"only {len(reviews)} non-empty distinct reviews: too few to split off validation "
+                                   f"and dev sets — check the raw reviews ({pipeline.rerun('download', '--force')})")
+    parts = {"validation": order[:validation_count], "dev": order[validation_count:validation_count + dev_count],
+             "train": order[validation_count + dev_count:]}
+    return {name: [reviews[i] for i in sorted(parts[name])] for name in SPLITS}
 
 
 # --- shards on disk -------------------------------------------------------------------------

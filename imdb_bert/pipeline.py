@@ -27,7 +27,7 @@ COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
 # Config values each stage's output depends on. Training depends on every key except
 # NOT_TRAINING_KEYS (where files go, how often to checkpoint, what to print, which devices share
 # the work): changing those must not retrain hours of work.
-DATA_PREP_KEYS = ("source", "validation_fraction", "split_seed", "num_shards")
+DATA_PREP_KEYS = ("source", "validation_fraction", "dev_fraction", "split_seed", "num_shards")
 VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
 CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_dropout")
 NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases",

@@ -36,10 +36,13 @@ class Run:
     work: str = ""
     state: dict | None = None
     train_windows: object = None
-    validation_windows: object = None
+    dev_windows: object = None          # per-epoch validation: the choices' split
+    validation_windows: object = None   # held out: the final figures only
     counts: dict = field(default_factory=dict)
+    masking: object = None
+    continuation: list = field(default_factory=list)
     masker: object = None
-    validation_data: object = None
+    dev_data: object = None
     steps_per_epoch: int = 0
     epochs: int = 0
     model: object = None
@@ -70,19 +73,22 @@ def start(config, identity: dict, force: bool) -> Run:
     started = time.time()
     prepared = artifacts.prepared_dir(config.data_dir)
     run.train_windows = inputs.window_dataset(prepared, "train", run.tokenizer, config.max_seq_len)
+    run.dev_windows = inputs.window_dataset(prepared, "dev", run.tokenizer, config.max_seq_len)
     run.validation_windows = inputs.window_dataset(prepared, "validation", run.tokenizer, config.max_seq_len)
     train_count, train_tokens = training.count_tokens(run.train_windows)
-    validation_count, validation_tokens = training.count_tokens(run.validation_windows)
-    run.counts = {"train_windows": train_count, "validation_windows": validation_count,
+    dev_count, _ = training.count_tokens(run.dev_windows)
+    validation_count, _ = training.count_tokens(run.validation_windows)
+    run.counts = {"train_windows": train_count, "dev_windows": dev_count, "validation_windows": validation_count,
                   # Batches are grouped by length, so nearly every position trained on is a real token.
                   "mean_sequence": train_tokens / max(train_count, 1) + 2}
-    print(f"model_training: {train_count} training windows ({train_tokens} word pieces), {validation_count} "
-          f"validation windows ({validation_tokens}); tokenised in {time.time() - started:.1f}s")
-    continuation = [token.startswith("##") for token in run.tokens]
-    run.masker = inputs.make_masker(len(run.tokens), pipeline.settings(inputs.MaskingConfig, config),
-                                    continuation=continuation)
-    run.validation_data = inputs.validation_dataset(run.validation_windows, run.masker, config.batch_size,
-                                                    config.max_seq_len, config.seed)
+    print(f"model_training: {train_count} training windows ({train_tokens} word pieces), {dev_count} dev windows "
+          f"(per-epoch validation), {validation_count} held-out validation windows (final figures only); "
+          f"tokenised in {time.time() - started:.1f}s")
+    run.masking = pipeline.settings(inputs.MaskingConfig, config)
+    run.continuation = [token.startswith("##") for token in run.tokens]
+    run.masker = inputs.make_masker(len(run.tokens), run.masking, continuation=run.continuation)
+    run.dev_data = inputs.validation_dataset(run.dev_windows, run.masker, config.batch_size, config.max_seq_len,
+                                             config.seed)
     run.steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
     # A time-limited run stops on its clock; `epochs` only caps it.
     run.epochs = TIME_LIMITED_EPOCHS if config.train_minutes else config.epochs
@@ -99,7 +105,7 @@ def build(run: Run) -> None:
         if run.state:
             resume.restore(run.model, run.work, run.state)
         if config.strategy == "multi_worker":
-            private_apis.prepare_multi_worker_fit(run.model, run.validation_data)
+            private_apis.prepare_multi_worker_fit(run.model, run.dev_data)
     if run.state:
         print(f"model_training: resuming {run.work} at epoch {run.state['epoch'] + 1}, step {run.state['step']} "
               f"(optimizer step {run.state['global_step']})")
@@ -135,7 +141,7 @@ def fit(run: Run) -> None:
         global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         train_data = inputs.training_dataset(run.train_windows, run.masker, config.batch_size, config.max_seq_len,
                                              seed=config.seed, start_batch=global_step)
-        model.fit(train_data, validation_data=run.validation_data, initial_epoch=initial_epoch, epochs=epochs,
+        model.fit(train_data, validation_data=run.dev_data, initial_epoch=initial_epoch, epochs=epochs,
                   steps_per_epoch=steps, validation_steps=config.validation_batches or None,
                   callbacks=callbacks, verbose=monitoring.fit_verbosity(), shuffle=False)  # tf.data already shuffles
         if checkpoint.nan_epoch is not None:
@@ -162,9 +168,9 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
     scores = evaluation.scores_of(model, run.tokenizer, run.tokens, run.validation_windows, cloze,
                                   config.max_seq_len, config.batch_size)
     copying = training.all_positions_accuracy(
-        model, run.validation_windows, inputs.make_masker(len(run.tokens), pipeline.settings(inputs.MaskingConfig, config),
-                                                          with_original_ids=True,
-                                                          continuation=[token.startswith("##") for token in run.tokens]), config.batch_size, config.seed)
+        model, run.validation_windows,
+        inputs.make_masker(len(run.tokens), run.masking, with_original_ids=True, continuation=run.continuation),
+        config.batch_size, config.seed)
     rows = history(run)
     best = min(rows, key=lambda row: float(row["val_loss"]))
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -177,7 +183,7 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
                                f"seed {evaluation.PROTOCOL_SEED}",
         "cloze_top1": scores["cloze_top1"], "cloze_top5": scores["cloze_top5"],
         "cloze_sentences": scores["cloze_sentences"],
-        "validation_windows": run.counts["validation_windows"],
+        "validation_windows": run.counts["validation_windows"], "dev_windows": run.counts["dev_windows"],
         "train_masked_accuracy": float(rows[-1]["masked_accuracy"]),
         "all_positions_accuracy_original_style": copying,
         "epochs": len(rows), "steps_per_epoch": run.steps_per_epoch, "optimizer_steps": optimizer_steps,

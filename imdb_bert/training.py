@@ -112,18 +112,19 @@ class TimeBudget(keras.callbacks.Callback):
     def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, spent: float = 0.0):
         super().__init__()
         self.budget, self.peak, self.warmup_steps, self.kind = minutes * 60.0, peak, warmup_steps, kind
-        self.seconds, self.started, self.tracing = spent, None, False
+        self.seconds, self.started, self.tracing, self.step = spent, None, False, 0
 
     def on_train_begin(self, logs=None):
         self.tracing = True   # the first step of a fit call also builds the graph: not training time
+        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))   # once, not every step
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        warm = min((step + 1) / max(self.warmup_steps, 1), 1.0)
+        warm = min((self.step + 1) / max(self.warmup_steps, 1), 1.0)
         self.model.optimizer.learning_rate = self.peak * warm * decay_at(self.kind, self.seconds / self.budget)
         self.started = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
         if not self.tracing:
             self.seconds += time.perf_counter() - self.started
         self.tracing = False

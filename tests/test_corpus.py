@@ -33,18 +33,25 @@ def test_dedupe_happens_before_split_and_no_validation_text_is_in_train(fixture_
     noisy += [Review("   <br />  ", 1), Review("", 0)]
     kept, counts = corpus.clean_and_dedupe(noisy)
     assert counts == {"read": len(noisy), "empty_dropped": 2, "duplicates_removed": 50, "kept": len(reviews)}
-    splits = corpus.split_reviews(kept, 0.2, seed=3)
-    train = {r.text for r in splits["train"]}
-    validation = {r.text for r in splits["validation"]}
-    assert not train & validation
-    assert len(train) + len(validation) == len(kept) and len(validation) == round(0.2 * len(kept))
+    splits = corpus.split_reviews(kept, 0.2, 0.1, seed=3)
+    train, dev, validation = ({r.text for r in splits[name]} for name in ("train", "dev", "validation"))
+    assert not train & validation and not train & dev and not dev & validation
+    assert len(train) + len(dev) + len(validation) == len(kept)
+    assert len(validation) == round(0.2 * len(kept)) and len(dev) == round(0.1 * len(kept))
+
+
+def test_carving_a_dev_split_leaves_the_held_out_reviews_unchanged(fixture_reviews):
+    reviews = [Review(text, label) for text, label in fixture_reviews]
+    small, large = (corpus.split_reviews(reviews, 0.2, fraction, seed=3) for fraction in (0.05, 0.3))
+    assert small["validation"] == large["validation"]
+    assert len(large["dev"]) > len(small["dev"]) and len(large["train"]) < len(small["train"])
 
 
 def test_split_is_deterministic_for_a_seed(fixture_reviews):
     reviews = [Review(text, label) for text, label in fixture_reviews]
-    first = corpus.split_reviews(reviews, 0.1, seed=5)
-    assert first == corpus.split_reviews(reviews, 0.1, seed=5)
-    assert first != corpus.split_reviews(reviews, 0.1, seed=6)
+    first = corpus.split_reviews(reviews, 0.1, 0.1, seed=5)
+    assert first == corpus.split_reviews(reviews, 0.1, 0.1, seed=5)
+    assert first != corpus.split_reviews(reviews, 0.1, 0.1, seed=6)
 
 
 def test_read_official_folder_with_labels_and_bad_bytes(tmp_path, fixture_reviews):

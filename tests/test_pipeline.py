@@ -21,7 +21,8 @@ def test_stage_outputs_and_manifests(pipeline):
     data_dir, outputs = pipeline
     prepared = json.load(open(os.path.join(data_dir, "prepared", "manifest.json")))
     assert prepared["source"] == "official" and prepared["read"] == 400
-    assert prepared["splits"]["train"]["reviews"] + prepared["splits"]["validation"]["reviews"] == prepared["kept"]
+    assert sum(prepared["splits"][name]["reviews"] for name in ("train", "dev", "validation")) == prepared["kept"]
+    assert prepared["splits"]["dev"]["reviews"] > 0 and prepared["shards"]["dev"]
     vocab_manifest = json.load(open(os.path.join(data_dir, "vocab", "manifest.json")))
     assert vocab_manifest["vocab_size"] == 1000
     assert "[UNK] rate on validation" in outputs["tokeniser_build.py"].stdout

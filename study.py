@@ -1,0 +1,161 @@
+"""The pretraining recipe study: variants of the cpu recipe trained for the same minutes of
+training steps and scored on the dev split, so that the choice never looks at the held-out reviews.
+
+    python study.py --minutes 5 --seeds 1 2 3 baseline mask25 linear     train and score, one row each
+    python study.py --table                                              mean and spread per variant
+    python study.py --list                                               the variants and their settings
+
+A variant is a few `--set`s on top of the recipe under study (default: the cpu preset; `--preset`
+and `--set` change it as in every stage). Each run trains like model_training.py (same steps, same
+time budget) in <runs_dir>/study/, is scored under evaluate.py's fixed protocol (15% masked,
+80/10/10, fixed seed) on the first DEV_WINDOWS windows of the dev split, and appends one row to
+results/study.csv as soon as it ends; its folder is then deleted. Needs the prepared data and the
+vocabulary of that config (./run_pipeline.sh makes both). A run shorter than the recipe's
+train_minutes warms up over the same share of its time (warmup_steps scaled by minutes /
+train_minutes), so a 5-minute screen of the 12-minute cpu recipe has the same schedule shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import config as config_module
+from imdb_bert import artifacts, pipeline
+
+RESULTS = os.path.join("results", "study.csv")
+DEV_WINDOWS = 2000
+COLUMNS = ["variant", "recipe", "seed", "minutes", "steps", "dev_masked_accuracy", "dev_perplexity", "probe_top1",
+           "probe_p", "settings", "date"]
+# The cpu recipe's changes under study ("Cramming", Geiping & Goldstein 2022, for most of them).
+# Batch-size variants scale the peak rate with the square root of the batch.
+VARIANTS = {
+    "baseline": {},
+    "mask20": {"mask_rate": "0.2"}, "mask25": {"mask_rate": "0.25"}, "mask30": {"mask_rate": "0.3"},
+    "mask_only": {"mask_token_rate": "1.0", "random_token_rate": "0.0"},
+    "whole_word": {"whole_word_masking": "true"},
+    "linear": {"lr_schedule": "linear"},
+    "linear_lr1e-3": {"lr_schedule": "linear", "learning_rate": "1e-3"},
+    "linear_lr4e-3": {"lr_schedule": "linear", "learning_rate": "4e-3"},
+    "warmup150": {"warmup_steps": "150"},
+    "lr4e-3": {"learning_rate": "4e-3"},
+    "4L128": {"num_layers": "4"},
+    "2L256": {"hidden_size": "256", "ffn_size": "1024"},
+    "3L192": {"num_layers": "3", "hidden_size": "192", "ffn_size": "768"},
+    "seq64": {"max_seq_len": "64"},
+    "batch32": {"batch_size": "32", "learning_rate": "1.41e-3"},
+    "batch128": {"batch_size": "128", "learning_rate": "2.83e-3"},
+    "dropout0.1": {"dropout": "0.1"},
+    "no_bias": {"use_bias": "false"},
+}
+
+
+def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minutes: float) -> dict:
+    """One run of `variant` on top of the recipe `preset` + `overrides` (in this process): train for
+    `minutes`, score on the dev split."""
+    from imdb_bert import evaluation, pretraining, probe
+
+    recipe = config_module.make_config(preset, {**overrides, **VARIANTS[variant]})
+    # A shorter run keeps the recipe's shape: warm-up over the same share of the steps.
+    share = minutes / recipe.train_minutes if recipe.train_minutes else 1.0
+    config = config_module.make_config(preset, {**overrides, **VARIANTS[variant], "seed": str(seed),
+                                                "train_minutes": str(minutes),
+                                                "warmup_steps": str(max(round(recipe.warmup_steps * share), 1)),
+                                                "runs_dir": os.path.join(recipe.runs_dir, "study"),
+                                                "run_name": f"{variant}-s{seed}"})
+    run = pretraining.start(config, pipeline.training_identity(config), force=True)
+    pretraining.build(run)
+    pretraining.fit(run)
+    scores = evaluation.masked_token_scores(run.model, run.dev_windows.take(DEV_WINDOWS), len(run.tokens),
+                                            config.max_seq_len, config.batch_size)
+    top = probe.top_k_fills(run.model, run.tokenizer, run.tokens, config.probe_phrases[0], 1, config.max_seq_len)[0]
+    shutil.rmtree(run.work)
+    return {"variant": variant, "recipe": " ".join([preset, *(f"{k}={v}" for k, v in overrides.items())]), "seed": seed, "minutes": minutes,
+            "steps": int(run.model.optimizer.iterations.numpy()),
+            "dev_masked_accuracy": round(scores["masked_accuracy"], 4), "dev_perplexity": round(scores["perplexity"], 1),
+            "probe_top1": top["predicted mask token"], "probe_p": round(top["probability"], 3),
+            "settings": " ".join(f"{key}={value}" for key, value in VARIANTS[variant].items()) or "cpu preset",
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def append_row(row: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.isfile(path)
+    with open(path, "a", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def table(path: str) -> str:
+    """Mean, spread and count of the dev accuracy per (recipe, variant, minutes), best first."""
+    if not os.path.isfile(path):
+        raise artifacts.StageError(f"no results yet in {path}: run python study.py VARIANT first")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["recipe"], float(row["minutes"]), row["variant"]), []).append(row)
+    lines = ["| recipe | minutes | variant | seeds | steps | dev masked acc (mean) | min–max | probe top-1 (p) | settings |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (recipe, minutes, variant), group in sorted(groups.items(), key=lambda item: (item[0][:2], -mean(item[1]))):
+        accuracies = [float(row["dev_masked_accuracy"]) for row in group]
+        lines.append(f"| {recipe} | {minutes:g} | {variant} | {len(group)} | {round(mean(group, 'steps'))} | {mean(group):.4f} | "
+                     f"{min(accuracies):.4f}–{max(accuracies):.4f} | "
+                     + ", ".join(f"{row['probe_top1']} ({row['probe_p']})" for row in group)
+                     + f" | {group[0]['settings']} |")
+    return "\n".join(lines)
+
+
+def mean(rows: list[dict], key: str = "dev_masked_accuracy") -> float:
+    return sum(float(row[key]) for row in rows) / len(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="*", help=f"any of: {', '.join(VARIANTS)}")
+    parser.add_argument("--minutes", type=float, default=5.0, help="minutes of training steps per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--results", default=RESULTS, help=f"the CSV rows are appended to (default {RESULTS})")
+    config_module.add_config_arguments(parser)
+    parser.add_argument("--table", action="store_true", help="print the table of results/study.csv")
+    parser.add_argument("--list", action="store_true", help="print the variants")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)   # a single run, in this process
+    arguments = parser.parse_args()
+    arguments.preset = arguments.preset or "cpu"   # the recipe under study, whatever the machine
+    base = config_module.config_from_args(arguments)   # refuses a bad --set in one line
+    overrides = dict(item.split("=", 1) for item in arguments.overrides)
+    if arguments.list:
+        for name, values in VARIANTS.items():
+            print(f"{name:<14} {values or 'the cpu preset'}")
+    unknown = [name for name in arguments.variants if name not in VARIANTS]
+    if unknown:
+        raise config_module.ConfigError(f"unknown variant {unknown[0]!r}; python study.py --list shows them")
+    if arguments.minutes <= 0:
+        raise config_module.ConfigError(f"--minutes must be positive, got {arguments.minutes}")
+    if arguments.one:
+        row = train_and_score(base.preset, overrides, arguments.variants[0], arguments.seeds[0], arguments.minutes)
+        append_row(row, arguments.results)
+        print(f"study: {row}")
+        return
+    for variant in arguments.variants:
+        for seed in arguments.seeds:
+            # One process per run: nothing (graphs, caches, the global dtype policy) leaks between runs.
+            child = subprocess.run([sys.executable, __file__, "--one", variant, "--seeds", str(seed),
+                                    "--minutes", str(arguments.minutes), "--results", arguments.results,
+                                    "--preset", base.preset, *(f"--set={item}" for item in arguments.overrides)])
+            if child.returncode:
+                raise artifacts.StageError(f"the {variant} run (seed {seed}) failed (exit {child.returncode}); "
+                                           f"the rows before it are in {arguments.results}")
+    if arguments.table or arguments.variants:
+        print(table(arguments.results))
+
+
+if __name__ == "__main__":
+    pipeline.run_stage(main)

@@ -1,0 +1,32 @@
+"""study.py on the tiny recipe: two variants, two seeds, each trained for the same few seconds of
+steps and scored on the dev split; one CSV row per run, written as each run ends."""
+
+import csv
+import os
+
+from conftest import one_line_error, run_stage
+
+
+def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_data, tmp_path):
+    data_dir, _ = built_data
+    results = str(tmp_path / "study.csv")
+    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.03", "--seeds", "1", "2",
+                        "--results", results, "baseline", "mask_only"], data_dir)
+    with open(results, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["variant"], row["seed"]) for row in rows] == [("baseline", "1"), ("baseline", "2"),
+                                                               ("mask_only", "1"), ("mask_only", "2")]
+    for row in rows:
+        assert row["recipe"].startswith("tiny ") and int(row["steps"]) > 0
+        assert 0.0 <= float(row["dev_masked_accuracy"]) <= 1.0 and float(row["dev_perplexity"]) > 1.0
+    # Different seeds train differently; the variant's settings are recorded with its rows.
+    assert rows[0]["dev_perplexity"] != rows[1]["dev_perplexity"]
+    assert rows[2]["settings"] == "mask_token_rate=1.0 random_token_rate=0.0"
+    assert "| tiny" in result.stdout and "| mask_only |" in result.stdout
+    assert not os.listdir(os.path.join(data_dir, "runs", "study"))
+
+
+def test_study_refuses_an_unknown_variant_in_one_line(built_data, tmp_path):
+    data_dir, _ = built_data
+    one_line_error(run_stage(["study.py", "--results", str(tmp_path / "s.csv"), "no_such"], data_dir, check=False),
+                   "unknown variant 'no_such'", "study.py --list")
