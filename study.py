@@ -1,7 +1,7 @@
 """The pretraining recipe study: variants of the cpu recipe trained for the same minutes of
 training steps and scored on the dev split, so that the choice never looks at the held-out reviews.
 
-    python study.py --minutes 5 --seeds 1 2 3 baseline mask25 linear     train and score, one row each
+    python study.py baseline mask25 linear --minutes 5 --seeds 1 2 3     train and score, one row each
     python study.py --table                                              mean and spread per variant
     python study.py --list                                               the variants and their settings
 
