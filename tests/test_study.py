@@ -9,9 +9,9 @@ from conftest import one_line_error, run_stage
 
 def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_data, tmp_path):
     data_dir, _ = built_data
-    results = str(tmp_path / "study.csv")
+    results, runs = str(tmp_path / "study.csv"), str(tmp_path / "runs")
     result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.03", "--seeds", "1", "2",
-                        "--results", results, "baseline", "mask_only"], data_dir)
+                        "--results", results, "baseline", "mask_only"], data_dir, f"runs_dir={runs}")
     with open(results, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["variant"], row["seed"]) for row in rows] == [("baseline", "1"), ("baseline", "2"),
@@ -23,7 +23,7 @@ def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_da
     assert rows[0]["dev_perplexity"] != rows[1]["dev_perplexity"]
     assert rows[2]["settings"] == "mask_token_rate=1.0 random_token_rate=0.0"
     assert "| tiny" in result.stdout and "| mask_only |" in result.stdout
-    assert not os.listdir(os.path.join(data_dir, "runs", "study"))
+    assert not os.listdir(os.path.join(runs, "study"))
 
 
 def test_study_refuses_an_unknown_variant_in_one_line(built_data, tmp_path):
