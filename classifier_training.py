@@ -83,8 +83,7 @@ def train(config, identity, folder, compare, splits):
         best = classifier.best_epoch_on_dev(config.classifier_epochs)
         model.fit(train_data, validation_data=dev, epochs=config.classifier_epochs, verbose=2, shuffle=False,
                   callbacks=[keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv")), best])
-        result = {**classifier.evaluate(model, held_out), "epoch_picked_on_dev": best.best_epoch + 1,
-                  "dev_accuracy": float(best.best)}
+        result = classifier.evaluate_picked(model, held_out, best)
         print(f"classifier_training: {name}: epoch {best.best_epoch + 1} picked on dev (accuracy {best.best:.4f}); "
               f"held-out accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
         return model, result
@@ -129,8 +128,7 @@ def bag_of_words(prepared, config) -> dict:
     best = classifier.best_epoch_on_dev(4)
     model.fit(train_reviews.shuffle(25_000, seed=config.seed).batch(64), validation_data=dev, epochs=4, verbose=2,
               shuffle=False, callbacks=[best])
-    result = {**classifier.evaluate(model, held_out), "epoch_picked_on_dev": best.best_epoch + 1,
-              "dev_accuracy": float(best.best)}
+    result = classifier.evaluate_picked(model, held_out, best)
     print(f"classifier_training: bag of words: epoch {best.best_epoch + 1} picked on dev; held-out accuracy "
           f"{result['accuracy']:.4f}")
     return result

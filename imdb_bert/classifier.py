@@ -111,6 +111,11 @@ def best_epoch_on_dev(epochs: int) -> keras.callbacks.EarlyStopping:
                                          restore_best_weights=True, verbose=0)
 
 
+def evaluate_picked(model: keras.Model, held_out: tf.data.Dataset, picked: keras.callbacks.EarlyStopping) -> dict:
+    """`evaluate` on the held-out reviews, with the epoch `best_epoch_on_dev` kept and its dev accuracy."""
+    return {**evaluate(model, held_out), "epoch_picked_on_dev": picked.best_epoch + 1, "dev_accuracy": float(picked.best)}
+
+
 def bag_of_words_model(train_texts: tf.data.Dataset, max_tokens: int = 30_000) -> keras.Model:
     """Logistic regression on TF-IDF of words and word pairs (Keras `TextVectorization` + one Dense)."""
     vectorizer = layers.TextVectorization(max_tokens=max_tokens, ngrams=2, output_mode="tf_idf",
