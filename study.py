@@ -4,12 +4,15 @@ training steps and scored on the dev split, so that the choice never looks at th
     python study.py baseline mask25 linear --minutes 5 --seeds 1 2 3     train and score, one row each
     python study.py --table                                              mean and spread per variant
     python study.py --list                                               the variants and their settings
+    python study.py baseline seq64 --minutes 12 --seeds 1 --keep         also keep each run for evaluate.py
 
 A variant is a few `--set`s on top of the recipe under study (default: the cpu preset; `--preset`
 and `--set` change it as in every stage). Each run trains like model_training.py (same steps, same
 time budget) in <runs_dir>/study/, is scored under evaluate.py's fixed protocol (15% masked,
 80/10/10, fixed seed) on the first DEV_WINDOWS windows of the dev split, and appends one row to
-results/study.csv as soon as it ends; its folder is then deleted. Needs the prepared data and the
+results/study.csv as soon as it ends; its folder is then deleted, unless --keep: then the run is
+finished as model_training.py finishes one (held-out metrics, report, exports) in
+<runs_dir>/study/<variant>-s<seed>, for `evaluate.py --compare` of the final figures. Needs the prepared data and the
 vocabulary of that config (./run_pipeline.sh makes both). A run shorter than the recipe's
 train_minutes warms up over the same share of its time (warmup_steps scaled by minutes /
 train_minutes), so a 5-minute screen of the 12-minute cpu recipe has the same schedule shape.
@@ -52,10 +55,14 @@ VARIANTS = {
     "batch128": {"batch_size": "128", "learning_rate": "2.83e-3"},
     "dropout0.1": {"dropout": "0.1"},
     "no_bias": {"use_bias": "false"},
+    # The screens' winners together (64-token windows, batch 32, 30% masking, linear decay), for the
+    # full-budget check.
+    "seq64_b32_m30_linear": {"max_seq_len": "64", "batch_size": "32", "learning_rate": "1.41e-3", "mask_rate": "0.3",
+                             "lr_schedule": "linear"},
 }
 
 
-def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minutes: float) -> dict:
+def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minutes: float, keep: bool = False) -> dict:
     """One run of `variant` on top of the recipe `preset` + `overrides` (in this process): train for
     `minutes`, score on the dev split."""
     from imdb_bert import evaluation, pretraining, probe
@@ -74,12 +81,15 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
     scores = evaluation.masked_token_scores(run.model, run.dev_windows.take(DEV_WINDOWS), len(run.tokens),
                                             config.max_seq_len, config.batch_size)
     top = probe.top_k_fills(run.model, run.tokenizer, run.tokens, config.probe_phrases[0], 1, config.max_seq_len)[0]
-    shutil.rmtree(run.work)
+    if keep:
+        pretraining.publish(run, pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES))
+    else:
+        shutil.rmtree(run.work)
     return {"variant": variant, "recipe": " ".join([preset, *(f"{k}={v}" for k, v in overrides.items())]), "seed": seed, "minutes": minutes,
             "steps": int(run.model.optimizer.iterations.numpy()),
             "dev_masked_accuracy": round(scores["masked_accuracy"], 4), "dev_perplexity": round(scores["perplexity"], 1),
             "probe_top1": top["predicted mask token"], "probe_p": round(top["probability"], 3),
-            "settings": " ".join(f"{key}={value}" for key, value in VARIANTS[variant].items()) or "cpu preset",
+            "settings": " ".join(f"{key}={value}" for key, value in VARIANTS[variant].items()) or "the recipe",
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -126,6 +136,8 @@ def main():
     config_module.add_config_arguments(parser)
     parser.add_argument("--table", action="store_true", help="print the table of results/study.csv")
     parser.add_argument("--list", action="store_true", help="print the variants")
+    parser.add_argument("--keep", action="store_true",
+                        help="finish each run as model_training.py does (held-out metrics) and keep its folder")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)   # a single run, in this process
     arguments = parser.parse_args()
     arguments.preset = arguments.preset or "cpu"   # the recipe under study, whatever the machine
@@ -140,7 +152,8 @@ def main():
     if arguments.minutes <= 0:
         raise config_module.ConfigError(f"--minutes must be positive, got {arguments.minutes}")
     if arguments.one:
-        row = train_and_score(base.preset, overrides, arguments.variants[0], arguments.seeds[0], arguments.minutes)
+        row = train_and_score(base.preset, overrides, arguments.variants[0], arguments.seeds[0], arguments.minutes,
+                               arguments.keep)
         append_row(row, arguments.results)
         print(f"study: {row}")
         return
@@ -149,6 +162,7 @@ def main():
             # One process per run: nothing (graphs, caches, the global dtype policy) leaks between runs.
             child = subprocess.run([sys.executable, __file__, "--one", variant, "--seeds", str(seed),
                                     "--minutes", str(arguments.minutes), "--results", arguments.results,
+                                    *(["--keep"] if arguments.keep else []),
                                     "--preset", base.preset, *(f"--set={item}" for item in arguments.overrides)])
             if child.returncode:
                 raise artifacts.StageError(f"the {variant} run (seed {seed}) failed (exit {child.returncode}); "

@@ -13,16 +13,20 @@ from imdb_bert.artifacts import REPORT
 
 # What runs of each preset reached, measured by us (README "How good is a run?" gives the commands).
 # A time-limited preset buys a different number of steps on every CPU, so each reference says its
-# steps; a run is judged against the reference nearest to its own step count.
+# steps; a run is judged against the reference of its own window length and batch nearest to its
+# own step count (a step of another shape is a different amount of training).
 REFERENCES = {
     "cpu": [
         {"what": "5 fresh-clone runs of earlier sessions (bf16 CPU) and 1 on an AVX2-only CPU (fp32), 3,000 steps; "
                  "perplexity and cloze of the last one only",
-         "optimizer_steps": 3000, "masked_accuracy": (0.2451, 0.2587), "perplexity": (105.4, 105.4),
+         "max_seq_len": 128, "batch_size": 64, "optimizer_steps": 3000, "masked_accuracy": (0.2451, 0.2587), "perplexity": (105.4, 105.4),
          "cloze_top1": (0.2833, 0.2833), "cloze_top5": (0.528, 0.528)},
         {"what": "1 fresh-clone run, 14 minutes on an AVX2-only 2-core CPU (noise not measured yet)",
-         "optimizer_steps": 1033, "masked_accuracy": (0.1151, 0.1151), "perplexity": (423.9, 423.9),
+         "max_seq_len": 128, "batch_size": 64, "optimizer_steps": 1033, "masked_accuracy": (0.1151, 0.1151), "perplexity": (423.9, 423.9),
          "cloze_top1": (0.0787, 0.0787), "cloze_top5": (0.2163, 0.2163)},
+        {"what": "2 seeds of the recipe study's confirmation, 12 minutes on an AVX2-only 2-core CPU (fp32)",
+         "max_seq_len": 64, "batch_size": 32, "optimizer_steps": 2880, "masked_accuracy": (0.1928, 0.1980),
+         "perplexity": (206.7, 220.4), "cloze_top1": (0.1783, 0.2020), "cloze_top5": (0.374, 0.400)},
     ],
     "tiny": [
         {"what": "the tests' tiny preset on 400 reviews (says only that the code runs)", "optimizer_steps": 447,
@@ -53,9 +57,14 @@ def verdict(value, healthy: tuple[float, float] | None) -> str:
     return f"within {low:.3f}–{high:.3f}"
 
 
-def nearest_reference(preset: str, steps) -> dict:
-    """The measured reference of `preset` whose step count is nearest `steps` (empty if none)."""
-    references = REFERENCES.get(preset, [])
+SHAPE = ("max_seq_len", "batch_size")
+
+
+def nearest_reference(preset: str, steps, settings: dict) -> dict:
+    """The measured reference of `preset` with the run's window length and batch whose step count is
+    nearest `steps` (empty if none)."""
+    references = [reference for reference in REFERENCES.get(preset, [])
+                  if all(reference.get(key, settings.get(key)) == settings.get(key) for key in SHAPE)]
     if not references:
         return {}
     return min(references, key=lambda reference: abs(reference["optimizer_steps"] - (steps or 0)))
@@ -64,7 +73,7 @@ def nearest_reference(preset: str, steps) -> dict:
 def render(name: str, preset: str, scores: dict, settings: dict, probe_history: list[dict],
            has_curves: bool) -> str:
     """The report of one run as Markdown."""
-    healthy = nearest_reference(preset, scores.get("optimizer_steps"))
+    healthy = nearest_reference(preset, scores.get("optimizer_steps"), settings)
     lines = [f"# Run `{name}` (preset `{preset}`)", ""]
     lines += [f"{scores.get('optimizer_steps', '?')} optimizer steps; vocabulary {settings.get('vocab_size')}, "
               f"{settings.get('num_layers')} layers of hidden {settings.get('hidden_size')}, windows of "
@@ -77,7 +86,9 @@ def render(name: str, preset: str, scores: dict, settings: dict, probe_history: 
         shown = "—" if value is None else (f"{value:.1f}" if key == "perplexity" else f"{value:.4f}")
         lines.append(f"| {label} | {shown} | {verdict(value, healthy.get(key)) or '—'} |")
     lines += ["", "Reference runs of this preset: " + ("; ".join(
-                  f"{reference['what']} ({reference['optimizer_steps']} steps)" for reference in REFERENCES.get(preset, []))
+                  f"{reference['what']} ({reference['optimizer_steps']} steps"
+                  + "".join(f", {key} {reference[key]}" for key in SHAPE if key in reference) + ")"
+                  for reference in REFERENCES.get(preset, []))
                   or "none measured yet") + ". Fewer steps than the reference reach lower numbers; "
               "that is the budget, not a broken run.",
               "Masked-token numbers depend on the vocabulary size (a smaller one is easier to guess); the cloze "

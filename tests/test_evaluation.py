@@ -11,7 +11,7 @@ import pytest
 
 import config
 from conftest import ROOT, copy_data, masked_lm_for, one_line_error, run_stage, stage_environment
-from imdb_bert import corpus, evaluation, vocab
+from imdb_bert import corpus, evaluation, report, vocab
 
 
 def evaluate(*arguments, check=True):
@@ -78,6 +78,14 @@ def test_report_md_reads_on_its_own(evaluated):
         assert part in report, part
     manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
     assert "report.md" not in manifest["files"]   # rewriting it never makes the run look changed
+
+
+def test_a_run_is_judged_against_references_of_its_own_window_and_batch():
+    cpu = config.make_config("cpu", {})
+    shape = {"max_seq_len": cpu.max_seq_len, "batch_size": cpu.batch_size}
+    chosen = report.nearest_reference("cpu", 3000, shape)
+    assert chosen and all(chosen.get(key, value) == value for key, value in shape.items())
+    assert report.nearest_reference("cpu", 3000, {"max_seq_len": 48, "batch_size": 7}) == {}
 
 
 def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path):

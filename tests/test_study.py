@@ -2,9 +2,11 @@
 steps and scored on the dev split; one CSV row per run, written as each run ends."""
 
 import csv
+import json
 import os
 
 from conftest import one_line_error, run_stage
+from imdb_bert import pipeline
 
 
 def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_data, tmp_path):
@@ -30,3 +32,16 @@ def test_study_refuses_an_unknown_variant_in_one_line(built_data, tmp_path):
     data_dir, _ = built_data
     one_line_error(run_stage(["study.py", "--results", str(tmp_path / "s.csv"), "no_such"], data_dir, check=False),
                    "unknown variant 'no_such'", "study.py --list")
+
+
+def test_study_keep_finishes_the_run_for_evaluate(built_data, tmp_path):
+    data_dir, _ = built_data
+    results, runs = str(tmp_path / "study.csv"), str(tmp_path / "runs")
+    run_stage(["study.py", "--preset", "tiny", "--minutes", "0.02", "--results", results, "--keep", "baseline"],
+              data_dir, f"runs_dir={runs}")
+    run_dir = os.path.join(runs, "study", "baseline-s1")
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    # Held-out figures beside the dev row: the run is finished as model_training.py finishes one.
+    assert 0.0 <= metrics["validation_masked_accuracy"] <= 1.0 and metrics["validation_windows"] > 0
+    pipeline.read_run(run_dir)   # what evaluate.py asks of a finished run folder
