@@ -12,10 +12,11 @@ time budget) in <runs_dir>/study/, is scored under evaluate.py's fixed protocol 
 80/10/10, fixed seed) on the first DEV_WINDOWS windows of the dev split, and appends one row to
 results/study.csv as soon as it ends; its folder is then deleted, unless --keep: then the run is
 finished as model_training.py finishes one (held-out metrics, report, exports) in
-<runs_dir>/study/<variant>-s<seed>, for `evaluate.py --compare` of the final figures. Needs the prepared data and the
-vocabulary of that config (./run_pipeline.sh makes both). A run shorter than the recipe's
-train_minutes warms up over the same share of its time (warmup_steps scaled by minutes /
-train_minutes), so a 5-minute screen of the 12-minute cpu recipe has the same schedule shape.
+<runs_dir>/study/<variant>-s<seed>, for `evaluate.py --compare` of the final figures (the choice
+is the dev row's). Needs the prepared data and the vocabulary of that config (./run_pipeline.sh
+makes both). A run shorter than the recipe's train_minutes warms up over the same share of its
+time (warmup_steps scaled by minutes / train_minutes), so a 5-minute screen of the 12-minute cpu
+recipe has the same schedule shape.
 """
 
 from __future__ import annotations
