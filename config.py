@@ -172,9 +172,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Training is limited by time, not steps, so the whole pipeline stays under 20 minutes on any
     # 2-core CPU (the other stages and the final evaluation take ~6 of them on a slow one); the
     # steps 12 minutes buy depend on the CPU (README, Presets). The recipe study (study.py, README)
-    # chose, on the dev split at equal time: 64-token windows and batch 32 (4x the steps of 128 x 64;
-    # peak rate scaled by sqrt(batch)), 30% masking, linear decay to zero. 8 windows of 64 read as
-    # much of a review in fine-tuning as the 4 windows of 128 did before.
+    # chose, on the dev split at equal time: 64-token windows and batch 32 (a quarter of the tokens of
+    # a 128 x 64 step, so more steps; peak rate scaled by sqrt(batch)), 30% masking, linear decay to
+    # zero. 8 windows of 64 read as much of a review in fine-tuning as the 4 windows of 128 did.
     "cpu": dict(train_minutes=12.0, max_seq_len=64, batch_size=32, learning_rate=1.41e-3, mask_rate=0.3,
                 lr_schedule="linear", classifier_max_windows=8),
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
