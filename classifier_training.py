@@ -1,6 +1,7 @@
 """Stage 5 (optional): fine-tune the pretrained encoder to tell positive from negative reviews.
 
     python classifier_training.py [--preset P] [--set classifier_epochs=3] [--compare-scratch] [--force]
+    python classifier_training.py --dev-only --set classifier_windows=head_tail     (a fine-tuning study row)
 
 Reads the finished run folder of model_training.py (<runs_dir>/<run_name or preset>) and the
 labelled reviews of data/prepared: trains on the train split, keeps the epoch that scores best on
@@ -13,10 +14,16 @@ manifest.json.
 --compare-scratch also trains the same architecture from random weights with the same budget, and
 a bag-of-words logistic regression (TF-IDF of words and word pairs), on the same split, so the
 metrics show what pretraining buys.
+
+--dev-only is for choosing the classifier_* settings: it fine-tunes the pretrained encoder, picks
+the epoch on the dev split, appends one row (the settings, dev accuracy per epoch, time) to
+<runs_dir>/fine_tune_study.csv and stops. It never reads the held-out reviews and writes no folder.
+(results/fine_tune_study.csv is the README's study, copied from there.)
 """
 
 import json
 import os
+import time
 
 import config as config_module
 from imdb_bert import artifacts, pipeline
@@ -24,7 +31,8 @@ from imdb_bert import artifacts, pipeline
 
 def main():
     config, options = config_module.load_stage_config(__doc__, flags={
-        "compare-scratch": "also train the same architecture from scratch and a bag-of-words baseline"})
+        "compare-scratch": "also train the same architecture from scratch and a bag-of-words baseline",
+        "dev-only": "score on the dev split only and append a row to <runs_dir>/fine_tune_study.csv (for choosing settings)"})
     compare = options.compare_scratch
     prepared_manifest = pipeline.current_prepared(config)
     run_manifest = pipeline.read_current(config.run_dir, "model_training", config, pipeline.training_keys(config),
@@ -32,12 +40,12 @@ def main():
     identity = pipeline.stage_identity(config, pipeline.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
     identity["config"]["compare_scratch"] = compare   # a comparison run has more to show
     folder = artifacts.classifier_dir(config.run_dir)
-    if pipeline.skip_if_up_to_date("classifier_training", folder, identity, options.force):
+    if not options.dev_only and pipeline.skip_if_up_to_date("classifier_training", folder, identity, options.force):
         return
-    train(config, identity, folder, compare, prepared_manifest["splits"])
+    train(config, identity, folder, compare, prepared_manifest["splits"], options.dev_only)
 
 
-def train(config, identity, folder, compare, splits):
+def train(config, identity, folder, compare, splits, dev_only=False):
     import warnings
 
     import keras
@@ -55,9 +63,10 @@ def train(config, identity, folder, compare, splits):
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(training.resolve_precision(config.mixed_precision))
 
+    head_tail = config.classifier_windows == "head_tail"
     train_windows, dev_windows, held_out_windows = (
         classifier.labelled_review_windows(classifier.labelled_reviews(prepared, split), tokenizer,
-                                           config.max_seq_len, config.classifier_max_windows)
+                                           config.max_seq_len, config.classifier_max_windows, head_tail)
         for split in ("train", "dev", "validation"))
     # data_prep counted each split's labels; unlabelled reviews are skipped.
     train_count, dev_count, held_out_count = (splits[split]["labels"]["pos"] + splits[split]["labels"]["neg"]
@@ -67,8 +76,8 @@ def train(config, identity, folder, compare, splits):
             raise artifacts.StageError(f"no labelled reviews in the {split} split: the classifier needs labelled "
                                        "data (source package, official or tfds)")
     print(f"classifier_training: {train_count} labelled training reviews, {dev_count} dev reviews (pick the epoch), "
-          f"{held_out_count} held-out reviews (the validation split, scored once), up to "
-          f"{config.classifier_max_windows} windows of {config.max_seq_len} each")
+          f"{held_out_count} held-out reviews (the validation split, {'not read: --dev-only' if dev_only else 'scored once'}), up to "
+          f"{config.classifier_max_windows} windows of {config.max_seq_len} each ({config.classifier_windows})")
     longest = config.classifier_max_windows * config.max_seq_len
     train_data = classifier.batches(train_windows, config.batch_size, longest, shuffle_seed=config.seed)
     dev = classifier.batches(dev_windows, config.batch_size, longest)
@@ -76,13 +85,26 @@ def train(config, identity, folder, compare, splits):
     steps_per_epoch = sum(1 for _ in train_data)
     total_steps = steps_per_epoch * config.classifier_epochs
 
-    def fine_tune(name, encoder, work):
-        model = classifier.SentimentClassifier(encoder, config.classifier_dropout)
-        classifier.compile_classifier(model, config.classifier_learning_rate, total_steps)
+    def fit_on_train(name, encoder, work):
+        """The classifier on `encoder`, trained with the epoch of the best dev accuracy kept."""
+        model = classifier.SentimentClassifier(encoder, config.classifier_dropout, config.classifier_pooling)
+        classifier.compile_classifier(model, config.classifier_learning_rate, total_steps, config.classifier_layer_decay)
         print(f"classifier_training: {name}: {config.classifier_epochs} epochs x {steps_per_epoch} steps")
         best = classifier.best_epoch_on_dev(config.classifier_epochs)
-        model.fit(train_data, validation_data=dev, epochs=config.classifier_epochs, verbose=2, shuffle=False,
-                  callbacks=[keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv")), best])
+        logs = [keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv"))] if work else []
+        history = model.fit(train_data, validation_data=dev, epochs=config.classifier_epochs, verbose=2, shuffle=False,
+                            callbacks=[*logs, best])
+        return model, best, history.history["val_accuracy"]
+
+    if dev_only:
+        started = time.time()
+        pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
+        _, best, dev_accuracies = fit_on_train("pretrained", pretrained.encoder, work=None)
+        record_study_row(config, identity, best, dev_accuracies, time.time() - started)
+        return
+
+    def fine_tune(name, encoder, work):
+        model, best, _ = fit_on_train(name, encoder, work)
         result = classifier.evaluate_picked(model, held_out, best)
         print(f"classifier_training: {name}: epoch {best.best_epoch + 1} picked on dev (accuracy {best.best:.4f}); "
               f"held-out accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
@@ -101,9 +123,9 @@ def train(config, identity, folder, compare, splits):
             metrics["same_architecture_from_scratch"] = fine_tune("scratch", scratch_encoder, work)[1]
             metrics["bag_of_words_logistic_regression"] = bag_of_words(prepared, config)
         model.save(os.path.join(work, "classifier.keras"))
-        export.save(export.ClassifyExport(model, tokens, config.max_seq_len, config.classifier_max_windows),
-                    "classify", os.path.join(work, artifacts.SENTIMENT_EXPORT),
-                    max_seq_len=config.max_seq_len, max_windows=config.classifier_max_windows)
+        export.save(export.ClassifyExport(model, tokens, config.max_seq_len, config.classifier_max_windows, head_tail),
+                    "classify", os.path.join(work, artifacts.SENTIMENT_EXPORT), max_seq_len=config.max_seq_len,
+                    max_windows=config.classifier_max_windows, windows=config.classifier_windows)
         artifacts.write_json(os.path.join(work, "metrics.json"), metrics)
         artifacts.write_manifest(work, "classifier_training", identity)
 
@@ -115,6 +137,19 @@ def train(config, identity, folder, compare, splits):
                   f"confusion [true neg: {tn} right, {fp} wrong; true pos: {tp} right, {fn} wrong]")
     print(f"classifier_training: -> {folder}")
     print(json.dumps(metrics))
+
+
+def record_study_row(config, identity, best, dev_accuracies, seconds) -> None:
+    """One row of the fine-tuning study: the settings, the dev accuracy of every epoch, the pick."""
+    row = {"run": os.path.basename(config.run_dir), "run_fingerprint": identity["inputs"]["run"], "seed": config.seed,
+           **{key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS},
+           "dev_accuracy_per_epoch": " ".join(f"{value:.4f}" for value in dev_accuracies),
+           "epoch_picked": best.best_epoch + 1, "dev_accuracy": round(float(best.best), 4),
+           "minutes": round(seconds / 60, 1), "date": time.strftime("%Y-%m-%d")}
+    path = os.path.join(config.runs_dir, "fine_tune_study.csv")
+    artifacts.append_row(path, row)
+    print(f"classifier_training: dev accuracy {row['dev_accuracy']} (epoch {row['epoch_picked']}); "
+          f"per epoch {row['dev_accuracy_per_epoch']}; {row['minutes']} min -> {path}")
 
 
 def bag_of_words(prepared, config) -> dict:

@@ -98,6 +98,10 @@ class Config:
     classifier_epochs: int = 2
     classifier_learning_rate: float = 5e-4   # peak, linear warm-up over 10% of the steps then cosine decay
     classifier_max_windows: int = 4   # a review is read as up to this many max_seq_len windows
+    classifier_windows: str = "head"  # which of a longer review's windows: head (its first ones) | head_tail
+                                      # (half from its start, half from its end)
+    classifier_pooling: str = "mean"  # mean (every real token of the review) | cls (each window's [CLS] state)
+    classifier_layer_decay: float = 1.0   # below 1: each layer down the encoder trains at this times the rate above it
     classifier_dropout: float = 0.1
 
     # Probing after each epoch.
@@ -119,7 +123,8 @@ class Config:
         for name in ["validation_fraction", "dev_fraction", "mask_rate"]:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
-        for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay", "classifier_dropout"]:
+        for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay", "classifier_dropout",
+                     "classifier_layer_decay"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.validation_fraction + self.dev_fraction >= 1.0:
@@ -144,7 +149,9 @@ class Config:
                    "activation": ("gelu", "relu"),
                    "lr_schedule": ("cosine", "linear", "transformer"),
                    "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-                   "strategy": ("auto", "mirrored", "multi_worker", "tpu")}
+                   "strategy": ("auto", "mirrored", "multi_worker", "tpu"),
+                   "classifier_windows": ("head", "head_tail"),
+                   "classifier_pooling": ("mean", "cls")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

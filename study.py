@@ -94,16 +94,6 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
             "date": time.strftime("%Y-%m-%d")}
 
 
-def append_row(row: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    new = not os.path.isfile(path)
-    with open(path, "a", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def table(path: str) -> str:
     """Mean, spread and count of the dev accuracy per (recipe, variant, minutes), best first."""
     if not os.path.isfile(path):
@@ -155,7 +145,7 @@ def main():
     if arguments.one:
         row = train_and_score(base.preset, overrides, arguments.variants[0], arguments.seeds[0], arguments.minutes,
                                arguments.keep)
-        append_row(row, arguments.results)
+        artifacts.append_row(arguments.results, {column: row[column] for column in COLUMNS})
         print(f"study: {row}")
         return
     for variant in arguments.variants:

@@ -102,6 +102,20 @@ def write_json(path: str, value) -> None:
         raise
 
 
+def append_row(path: str, row: dict) -> None:
+    """Append `row` to the CSV file at `path` (its keys are the header, written when the file is new):
+    a study's results, kept as each run ends so a stopped study loses nothing."""
+    import csv
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.isfile(path)
+    with open(path, "a", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
     """Write `folder/manifest.json`: the stage, its identity, the given fields, and every file
     in `folder` with its size plus a fingerprint (hash) of all of them."""

@@ -23,10 +23,11 @@ def labelled_reviews(prepared: str, split: str) -> tf.data.Dataset:
             .map(lambda example: (example["text"], example["label"])))
 
 
-def labelled_review_windows(reviews: tf.data.Dataset, tokenizer, max_seq_len: int, max_windows: int) -> tf.data.Dataset:
-    """(windows [w, s] int32, label) per review, tokenised once and cached."""
+def labelled_review_windows(reviews: tf.data.Dataset, tokenizer, max_seq_len: int, max_windows: int,
+                            head_tail: bool = False) -> tf.data.Dataset:
+    """(windows [w, s] int32, label) per review (`inputs.review_windows`), tokenised once and cached."""
     def to_windows(texts, labels):
-        return inputs.review_windows(tokenizer, texts, max_seq_len, max_windows), labels
+        return inputs.review_windows(tokenizer, texts, max_seq_len, max_windows, head_tail), labels
 
     return (reviews.batch(256)
             .map(to_windows, num_parallel_calls=tf.data.AUTOTUNE)
@@ -70,22 +71,39 @@ class MeanOverReview(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
+class MeanOfWindowStarts(layers.Layer):
+    """Mean of the `[CLS]` hidden state of each of a review's windows (padding windows left out) -> [reviews, hidden]."""
+
+    def call(self, hidden, windows):
+        real = ops.cast(ops.not_equal(windows[:, :, 0], inputs.PAD_ID), "float32")[..., None]   # [reviews, w, 1]
+        starts = ops.reshape(ops.cast(hidden[:, 0, :], "float32"), (ops.shape(windows)[0], -1, ops.shape(hidden)[-1]))
+        return ops.sum(starts * real, axis=1) / ops.maximum(ops.sum(real, axis=1), 1.0)
+
+    def compute_output_shape(self, hidden_shape, windows_shape):
+        return (windows_shape[0], hidden_shape[-1])
+
+
+POOLINGS = {"mean": MeanOverReview, "cls": MeanOfWindowStarts}
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
 class SentimentClassifier(keras.Model):
     """Review windows [reviews, windows, ids] -> one sentiment logit per review (> 0: positive): the
-    encoder with a pooling and a one-logit head put on it."""
+    encoder with a pooling (`POOLINGS`) and a one-logit head put on it."""
 
-    def __init__(self, encoder: keras.Model, dropout: float = 0.1, **kwargs):
+    def __init__(self, encoder: keras.Model, dropout: float = 0.1, pooling: str = "mean", **kwargs):
         windows = keras.Input(shape=(None, None), dtype="int32", name="windows")
         policy = encoder.layer_policy
         hidden = encoder(FlattenWindows(name="flatten_windows", dtype=policy)(windows))
-        pooled = MeanOverReview(name="mean_over_review", dtype=policy)(hidden, windows)
+        pooled = POOLINGS[pooling](name=f"{pooling}_pooling", dtype=policy)(hidden, windows)
         pooled = layers.Dropout(dropout, name="classifier_dropout", dtype=policy)(pooled)
         logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
         super().__init__(windows, ops.squeeze(logit, -1), **{"name": "sentiment_classifier", **kwargs})
-        self.encoder, self.dropout_rate = encoder, dropout
+        self.encoder, self.dropout_rate, self.pooling = encoder, dropout, pooling
 
     def get_config(self):
-        return {"name": self.name, "dropout": self.dropout_rate, "encoder": keras.saving.serialize_keras_object(self.encoder)}
+        return {"name": self.name, "dropout": self.dropout_rate, "pooling": self.pooling,
+                "encoder": keras.saving.serialize_keras_object(self.encoder)}
 
     @classmethod
     def from_config(cls, config):
@@ -93,13 +111,34 @@ class SentimentClassifier(keras.Model):
         return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
 
 
-def compile_classifier(model: SentimentClassifier, learning_rate: float, total_steps: int) -> None:
-    """AdamW with a 10% linear warm-up and cosine decay; binary cross-entropy on the logit."""
+def layer_rate_factors(encoder: keras.Model, decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020): the factor of each encoder
+    variable's rate, by variable path — 1 for the top block, `decay` for the one below, ... and
+    decay^(layers) for the embeddings. The final norm and the head keep the full rate."""
+    blocks = sorted(layer.name for layer in encoder.layers if layer.name.startswith("block_"))
+    factors = {}
+    for layer in encoder.layers:
+        if layer.name.startswith("block_"):
+            below_top = len(blocks) - 1 - blocks.index(layer.name)
+        elif layer.name.startswith(("token_embedding", "position_embedding", "embedding_")):
+            below_top = len(blocks)
+        else:
+            continue
+        factors.update({variable.path: decay ** below_top for variable in layer.trainable_variables})
+    return factors
+
+
+def compile_classifier(model: SentimentClassifier, learning_rate: float, total_steps: int,
+                       layer_decay: float = 1.0) -> None:
+    """AdamW with a 10% linear warm-up and cosine decay (and layer-wise decay of the rate below
+    1.0); binary cross-entropy on the logit."""
     warmup = max(total_steps // 10, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps - warmup, 1), alpha=0.0)
-    model.compile(optimizer=training.adamw(schedule, 0.01, model.encoder),
+    optimizer = training.adamw(schedule, 0.01, model.encoder,
+                               rate_factors=layer_rate_factors(model.encoder, layer_decay) if layer_decay < 1.0 else None)
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
 

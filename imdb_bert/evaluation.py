@@ -42,15 +42,20 @@ def masked_token_scores(model, windows, vocab_size: int, max_seq_len: int, batch
 
     masker = inputs.make_masker(vocab_size, inputs.MaskingConfig(max_seq_len=max_seq_len, **PROTOCOL))
     data = inputs.validation_dataset(windows, masker, batch_size, max_seq_len, PROTOCOL_SEED)
-    hits = entropy = count = 0.0
-    for features, labels, weights in data:
+
+    # One graph for every batch: called eagerly, the model spends most of an evaluation in Python.
+    @tf.function(reduce_retracing=True)
+    def sums(features, labels, weights):
         logits = tf.cast(model(features, training=False), tf.float32)
         labels = tf.cast(labels, tf.int32)
         token_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        hits += float(tf.reduce_sum(correct * weights))
-        entropy += float(tf.reduce_sum(token_entropy * weights))
-        count += float(tf.reduce_sum(weights))
+        return tf.stack([tf.reduce_sum(correct * weights), tf.reduce_sum(token_entropy * weights), tf.reduce_sum(weights)])
+
+    totals = np.zeros(3)
+    for batch in data:
+        totals += sums(*batch).numpy()
+    hits, entropy, count = (float(total) for total in totals)
     mean = entropy / max(count, 1.0)
     return {"masked_accuracy": hits / max(count, 1.0), "masked_cross_entropy": mean,
             "perplexity": math.exp(min(mean, 50.0)), "masked_tokens": int(count)}

@@ -44,14 +44,15 @@ class FillMaskExport(tf.Module):
 class ClassifyExport(tf.Module):
     """The sentiment classifier behind a raw-string `classify` signature."""
 
-    def __init__(self, model: keras.Model, tokens: list[str], max_seq_len: int, max_windows: int):
+    def __init__(self, model: keras.Model, tokens: list[str], max_seq_len: int, max_windows: int,
+                 head_tail: bool = False):
         super().__init__()
-        self.model, self.max_seq_len, self.max_windows = model, max_seq_len, max_windows
+        self.model, self.max_seq_len, self.max_windows, self.head_tail = model, max_seq_len, max_windows, head_tail
         self.tokenizer = vocab.make_tokenizer(tokens)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="reviews")])
     def classify(self, reviews):
-        windows = inputs.review_windows(self.tokenizer, reviews, self.max_seq_len, self.max_windows)
+        windows = inputs.review_windows(self.tokenizer, reviews, self.max_seq_len, self.max_windows, self.head_tail)
         logits = self.model(windows.to_tensor(default_value=inputs.PAD_ID), training=False)
         probability = tf.sigmoid(tf.cast(logits, tf.float32))
         return {"probability_positive": probability,

@@ -265,14 +265,22 @@ def encode_with_masks(tokenizer, phrase: str) -> list[int]:
     return encode_phrases(tokenizer, tf.constant([phrase]))[0].numpy().tolist()
 
 
-def review_windows(tokenizer, texts: tf.Tensor, max_seq_len: int, max_windows: int) -> tf.RaggedTensor:
+def review_windows(tokenizer, texts: tf.Tensor, max_seq_len: int, max_windows: int,
+                   head_tail: bool = False) -> tf.RaggedTensor:
     """`[CLS] window [SEP]` ids [reviews, (windows), (ids)] of a batch of reviews, for classifying.
 
     Reviews are cut into windows the way pretraining cut them; a review longer than `max_windows`
-    windows is read up to there. An empty review gives one `[CLS] [SEP]` window.
+    windows is read up to there, or, with `head_tail`, as its first half and its last half of
+    `max_windows` (the end of a review, where the verdict often is, is read too; "How to Fine-Tune
+    BERT for Text Classification", Sun et al. 2019). An empty review gives one `[CLS] [SEP]` window.
     """
     token_ids = tokenize_reviews(tokenizer, texts)
     windows = split_into_windows(token_ids, max_seq_len - 2, keep_empty=True)
     ids, _ = text.combine_segments([windows], start_of_sequence_id=CLS_ID, end_of_segment_id=SEP_ID)
     counts = window_counts(token_ids.row_lengths(), max_seq_len - 2, keep_empty=True)
-    return tf.cast(tf.RaggedTensor.from_row_lengths(ids, counts)[:, :max_windows], tf.int32)
+    reviews = tf.RaggedTensor.from_row_lengths(ids, counts)
+    head, tail = (max_windows + 1) // 2, max_windows // 2
+    if head_tail and tail:
+        # The tail is taken from the windows after the head, so a short review has none twice.
+        reviews = tf.concat([reviews[:, :head], reviews[:, head:][:, -tail:]], axis=1)
+    return tf.cast(reviews[:, :max_windows], tf.int32)

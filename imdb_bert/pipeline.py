@@ -29,7 +29,8 @@ COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
 # the work): changing those must not retrain hours of work.
 DATA_PREP_KEYS = ("source", "validation_fraction", "dev_fraction", "split_seed", "num_shards")
 VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
-CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_dropout")
+CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_windows",
+                   "classifier_pooling", "classifier_layer_decay", "classifier_dropout")
 NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases",
                      "top_k", "strategy") + CLASSIFIER_KEYS
 # The layout of a saved model. Runs saved in an older layout are refused with one line, and count

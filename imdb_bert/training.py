@@ -132,10 +132,31 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def adamw(learning_rate, weight_decay: float, encoder, beta_2: float = 0.999) -> keras.optimizers.AdamW:
-    """AdamW with gradient clipping; no decay on vectors (biases, norms) or the encoder's embedding tables."""
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2,
-                                       clipnorm=1.0)
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class LayerRateAdamW(keras.optimizers.AdamW):
+    """AdamW whose learning rate is scaled per variable by `rate_factors[variable.path]` (default 1).
+
+    Keras has no per-variable rates; `update_step` is its documented hook for an optimizer's update.
+    The TensorFlow backend hands it the `tf.Variable` behind a Keras variable, named by the same path."""
+
+    def __init__(self, rate_factors: dict[str, float] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate_factors = dict(rate_factors or {})
+
+    def update_step(self, gradient, variable, learning_rate):
+        path = getattr(variable, "path", None) or variable.name.split(":")[0]
+        return super().update_step(gradient, variable, learning_rate * self.rate_factors.get(path, 1.0))
+
+    def get_config(self):
+        return {**super().get_config(), "rate_factors": self.rate_factors}
+
+
+def adamw(learning_rate, weight_decay: float, encoder, beta_2: float = 0.999,
+          rate_factors: dict[str, float] | None = None) -> keras.optimizers.AdamW:
+    """AdamW with gradient clipping; no decay on vectors (biases, norms) or the encoder's embedding
+    tables; with `rate_factors`, a `LayerRateAdamW`."""
+    kind, extra = (LayerRateAdamW, {"rate_factors": rate_factors}) if rate_factors else (keras.optimizers.AdamW, {})
+    optimizer = kind(learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2, clipnorm=1.0, **extra)
     optimizer.exclude_from_weight_decay(var_list=[variable for variable in encoder.trainable_variables
                                                   if len(variable.shape) < 2] + encoder.embedding_tables())
     return optimizer

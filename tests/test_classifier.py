@@ -73,6 +73,23 @@ def test_rerun_is_up_to_date_and_a_changed_run_is_stale(classified, tmp_path):
     one_line_error(stale, "is stale", "learning_rate", "rerun python model_training.py")
 
 
+def test_dev_only_adds_a_study_row_and_leaves_the_classifier_alone(classified):
+    data_dir, run_dir, _ = classified
+    manifest = os.path.join(run_dir, "classifier", "manifest.json")
+    finished = open(manifest).read()
+    result = run_stage(["classifier_training.py", "--dev-only"], data_dir, "classifier_windows=head_tail",
+                       "classifier_pooling=cls", "classifier_layer_decay=0.8", "classifier_epochs=2")
+    with open(os.path.join(data_dir, "runs", "fine_tune_study.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    row = rows[-1]
+    assert (row["classifier_windows"], row["classifier_pooling"], row["classifier_layer_decay"]) == ("head_tail", "cls", "0.8")
+    on_dev = [float(value) for value in row["dev_accuracy_per_epoch"].split()]
+    assert len(on_dev) == 2 and float(row["dev_accuracy"]) == max(on_dev)
+    assert int(row["epoch_picked"]) == on_dev.index(max(on_dev)) + 1
+    assert "dev accuracy" in result.stdout and "held-out accuracy" not in result.stdout
+    assert open(manifest).read() == finished   # the finished classifier is not touched
+
+
 FRESH_PROCESS = """
 import json, sys
 try:

@@ -28,6 +28,26 @@ def test_windows_keep_every_token_in_order():
     assert got == [[1, 2, 3], [4, 5], [6, 7], [8], [9, 10, 11]]
 
 
+def test_head_tail_reads_the_start_and_the_end_of_a_long_review_once(tokens):
+    tokenizer = vocab.make_tokenizer(tokens)
+    words = [f"the film{number}" for number in range(60)]   # each number makes the windows different
+    review = " ".join(words)
+
+    def windows(max_windows, head_tail):
+        return inputs.review_windows(tokenizer, tf.constant([review, "a good film"]), 8, max_windows,
+                                     head_tail).to_list()
+
+    every = windows(1000, False)[0]
+    assert len(every) > 10
+    assert windows(4, True)[0] == every[:2] + every[-2:]
+    assert windows(5, True)[0] == every[:3] + every[-2:]
+    assert windows(4, False)[0] == every[:4]
+    assert windows(1, True)[0] == every[:1]
+    # A review of fewer windows than max_windows is read whole, each window once.
+    assert windows(4, True)[1] == windows(4, False)[1] == windows(1000, False)[1]
+    assert windows(len(every) + 3, True)[0] == every
+
+
 def test_real_reviews_become_near_equal_windows_without_loss(windows, tokens, fixture_reviews):
     lengths = windows.row_lengths().numpy()
     assert lengths.max() <= 126 and lengths.min() > 0

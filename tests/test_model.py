@@ -134,6 +134,41 @@ def test_a_classifier_head_goes_on_the_same_encoder_object(tiny_model):
     assert shared <= {id(weight) for weight in sentiment.weights}
 
 
+def test_layer_wise_rate_decay_scales_each_layers_update(tiny_model):
+    from imdb_bert import classifier
+
+    encoder = tiny_model.encoder
+    factors = classifier.layer_rate_factors(encoder, 0.5)
+    blocks = sorted(layer.name for layer in encoder.layers if layer.name.startswith("block_"))
+    top, below = encoder.get_layer(blocks[-1]), encoder.get_layer(blocks[-2])
+    assert {factors[variable.path] for variable in top.trainable_variables} == {1.0}
+    assert {factors[variable.path] for variable in below.trainable_variables} == {0.5}
+    assert factors[encoder.token_embedding.embeddings.path] == 0.5 ** len(blocks)
+    # Decay 0 stops the Adam steps below the top block (the decoupled weight decay, 0.01 x the
+    # rate, still shrinks their kernels a little); the top block and the head learn.
+    sentiment = classifier.SentimentClassifier(classifier_copy(encoder), dropout=0.0, pooling="cls")
+    classifier.compile_classifier(sentiment, 1e-2, total_steps=10, layer_decay=0.0)
+    before = {variable.path: variable.numpy().copy() for variable in sentiment.trainable_variables}
+    windows = np.random.default_rng(0).integers(5, 100, (4, 2, 16)).astype(np.int32)
+    for _ in range(3):
+        sentiment.train_on_batch(windows, np.array([0, 1, 0, 1], np.float32))
+    change = {variable.path: np.abs(variable.numpy() - before[variable.path]).max()
+              for variable in sentiment.trainable_variables}
+    top_paths = {variable.path for variable in sentiment.encoder.get_layer(blocks[-1]).trainable_variables}
+    kept_below = set(factors) - top_paths
+    assert kept_below and max(change[path] for path in kept_below) < 1e-4
+    # (Kernels: a key bias gets no gradient, attention being blind to it.)
+    assert min(change[path] for path in top_paths if path.endswith("kernel")) > 1e-3
+    assert change["sentiment/kernel"] > 1e-3
+
+
+def classifier_copy(encoder):
+    """A fresh encoder of the same shape, so training it leaves the shared fixture alone."""
+    from imdb_bert.model import BertEncoder
+
+    return BertEncoder.from_config(encoder.get_config())
+
+
 LOSS_ON_TWO_REPLICAS = """
 import sys, json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
