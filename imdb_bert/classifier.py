@@ -83,7 +83,8 @@ class MeanOfWindowStarts(layers.Layer):
         return (windows_shape[0], hidden_shape[-1])
 
 
-POOLINGS = {"mean": MeanOverReview, "cls": MeanOfWindowStarts}
+# classifier_pooling -> the layer and its name (the mean's name is the one saved classifiers have).
+POOLINGS = {"mean": (MeanOverReview, "mean_over_review"), "cls": (MeanOfWindowStarts, "mean_of_window_starts")}
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -95,7 +96,8 @@ class SentimentClassifier(keras.Model):
         windows = keras.Input(shape=(None, None), dtype="int32", name="windows")
         policy = encoder.layer_policy
         hidden = encoder(FlattenWindows(name="flatten_windows", dtype=policy)(windows))
-        pooled = POOLINGS[pooling](name=f"{pooling}_pooling", dtype=policy)(hidden, windows)
+        pooling_layer, name = POOLINGS[pooling]
+        pooled = pooling_layer(name=name, dtype=policy)(hidden, windows)
         pooled = layers.Dropout(dropout, name="classifier_dropout", dtype=policy)(pooled)
         logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
         super().__init__(windows, ops.squeeze(logit, -1), **{"name": "sentiment_classifier", **kwargs})
