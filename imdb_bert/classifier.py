@@ -117,7 +117,7 @@ def layer_rate_factors(encoder: keras.Model, decay: float) -> dict[str, float]:
     """Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020): the factor of each encoder
     variable's rate, by variable path — 1 for the top block, `decay` for the one below, ... and
     decay^(layers) for the embeddings. The final norm and the head keep the full rate."""
-    blocks = sorted(layer.name for layer in encoder.layers if layer.name.startswith("block_"))
+    blocks = [layer.name for layer in encoder.layers if layer.name.startswith("block_")]   # bottom to top
     factors = {}
     for layer in encoder.layers:
         if layer.name.startswith("block_"):
