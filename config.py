@@ -78,6 +78,9 @@ class Config:
     train_minutes: float = 0.0        # > 0: train for this many minutes of training steps (validation and
                                       # probes excluded) instead of epochs x steps_per_epoch; the learning
                                       # rate then decays over the time, so a cheaper step buys more steps
+    short_seq_len: int = 0            # > 0 (needs train_minutes): train on windows of this many tokens for the
+    short_seq_share: float = 0.9      # first short_seq_share of the time, then on max_seq_len windows (BERT
+                                      # pretrained 90% of its steps at 128 tokens, then 512)
     steps_per_epoch: int = 500        # 0: one full pass over the training windows
     validation_batches: int = 30      # per-epoch validation on this fixed subset of the dev split (0: all);
                                       # the final metrics always use the whole held-out validation split
@@ -142,6 +145,10 @@ class Config:
         for name in ["steps_per_epoch", "validation_batches", "warmup_steps", "checkpoint_every_steps", "train_minutes"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.short_seq_len and not (8 <= self.short_seq_len < self.max_seq_len and self.train_minutes
+                                       and 0.0 < self.short_seq_share < 1.0):
+            raise ConfigError(f"short_seq_len {self.short_seq_len} needs 8 <= short_seq_len < max_seq_len "
+                              f"({self.max_seq_len}), train_minutes > 0 and 0 < short_seq_share < 1")
         if self.vocab_min_word_count < 1:
             raise ConfigError(f"vocab_min_word_count must be >= 1, got {self.vocab_min_word_count}")
         choices = {"source": ("auto", "official", "package", "tfds"),

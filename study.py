@@ -5,6 +5,7 @@ training steps and scored on the dev split, so that the choice never looks at th
     python study.py --table                                              mean and spread per variant
     python study.py --list                                               the variants and their settings
     python study.py baseline seq64 --minutes 12 --seeds 1 --keep         also keep each run for evaluate.py
+    python study.py seq128 seq64to128 --score-seq-len 64                 score other window lengths on 64-token windows
 
 A variant is a few `--set`s on top of the recipe under study (default: the cpu preset; `--preset`
 and `--set` change it as in every stage). Each run trains like model_training.py (same steps, same
@@ -34,8 +35,8 @@ from imdb_bert import artifacts, pipeline
 
 RESULTS = os.path.join("results", "study.csv")
 DEV_WINDOWS = 2000
-COLUMNS = ["variant", "recipe", "seed", "minutes", "steps", "dev_masked_accuracy", "dev_perplexity", "probe_top1",
-           "probe_p", "settings", "date"]
+COLUMNS = ["variant", "recipe", "seed", "minutes", "steps", "dev_seq_len", "dev_masked_accuracy", "dev_perplexity",
+           "probe_top1", "probe_p", "settings", "date"]
 # The cpu recipe's changes under study ("Cramming", Geiping & Goldstein 2022, for most of them).
 # Batch-size variants scale the peak rate with the square root of the batch.
 VARIANTS = {
@@ -52,6 +53,9 @@ VARIANTS = {
     "2L256": {"hidden_size": "256", "ffn_size": "1024"},
     "3L192": {"num_layers": "3", "hidden_size": "192", "ffn_size": "768"},
     "seq64": {"max_seq_len": "64"},
+    "seq128": {"max_seq_len": "128"},
+    # BERT's two-length schedule, scaled: 90% of the time on 64-token windows, then 128.
+    "seq64to128": {"max_seq_len": "128", "short_seq_len": "64", "short_seq_share": "0.9"},
     "batch32": {"batch_size": "32", "learning_rate": "1.41e-3"},
     "batch128": {"batch_size": "128", "learning_rate": "2.83e-3"},
     "dropout0.1": {"dropout": "0.1"},
@@ -63,31 +67,40 @@ VARIANTS = {
 }
 
 
-def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minutes: float, keep: bool = False) -> dict:
+def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minutes: float, keep: bool = False,
+                    score_seq_len: int = 0) -> dict:
     """One run of `variant` on top of the recipe `preset` + `overrides` (in this process): train for
-    `minutes`, score on the dev split."""
-    from imdb_bert import evaluation, pretraining, probe
+    `minutes`, score on the dev split cut into windows of `score_seq_len` tokens (default: the run's
+    own max_seq_len; runs of different window lengths answer the same questions at a common one)."""
+    from imdb_bert import evaluation, inputs, pretraining, probe
 
-    recipe = config_module.make_config(preset, {**overrides, **VARIANTS[variant]})
+    recipe_minutes = config_module.make_config(preset, overrides).train_minutes or minutes
+    recipe = config_module.make_config(preset, {**overrides, **VARIANTS[variant], "train_minutes": str(recipe_minutes)})
     # A shorter run keeps the recipe's shape: warm-up over the same share of the steps.
-    share = minutes / recipe.train_minutes if recipe.train_minutes else 1.0
+    share = minutes / recipe_minutes
     config = config_module.make_config(preset, {**overrides, **VARIANTS[variant], "seed": str(seed),
                                                 "train_minutes": str(minutes),
                                                 "warmup_steps": str(max(round(recipe.warmup_steps * share), 1)),
                                                 "runs_dir": os.path.join(recipe.runs_dir, "study"),
                                                 "run_name": f"{variant}-s{seed}"})
+    score_seq_len = score_seq_len or config.max_seq_len
+    if score_seq_len > config.max_seq_len:
+        raise config_module.ConfigError(f"--score-seq-len {score_seq_len} is longer than the {variant} run's "
+                                        f"max_seq_len {config.max_seq_len}")
     run = pretraining.start(config, pipeline.training_identity(config), force=True)
     pretraining.build(run)
     pretraining.fit(run)
-    scores = evaluation.masked_token_scores(run.model, run.dev_windows.take(DEV_WINDOWS), len(run.tokens),
-                                            config.max_seq_len, config.batch_size)
+    dev_windows = run.dev_windows if score_seq_len == config.max_seq_len else inputs.window_dataset(
+        artifacts.prepared_dir(config.data_dir), "dev", run.tokenizer, score_seq_len)
+    scores = evaluation.masked_token_scores(run.model, dev_windows.take(DEV_WINDOWS), len(run.tokens),
+                                            score_seq_len, config.batch_size)
     top = probe.top_k_fills(run.model, run.tokenizer, run.tokens, config.probe_phrases[0], 1, config.max_seq_len)[0]
     if keep:
         pretraining.publish(run, pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES))
     else:
         shutil.rmtree(run.work)
     return {"variant": variant, "recipe": " ".join([preset, *(f"{k}={v}" for k, v in overrides.items())]), "seed": seed, "minutes": minutes,
-            "steps": int(run.model.optimizer.iterations.numpy()),
+            "steps": int(run.model.optimizer.iterations.numpy()), "dev_seq_len": score_seq_len,
             "dev_masked_accuracy": round(scores["masked_accuracy"], 4), "dev_perplexity": round(scores["perplexity"], 1),
             "probe_top1": top["predicted mask token"], "probe_p": round(top["probability"], 3),
             "settings": " ".join(f"{key}={value}" for key, value in VARIANTS[variant].items()) or "the recipe",
@@ -102,12 +115,14 @@ def table(path: str) -> str:
         rows = list(csv.DictReader(handle))
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["recipe"], float(row["minutes"]), row["variant"]), []).append(row)
-    lines = ["| recipe | minutes | variant | seeds | steps | dev masked acc (mean) | min–max | probe top-1 (p) | settings |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (recipe, minutes, variant), group in sorted(groups.items(), key=lambda item: (item[0][:2], -mean(item[1]))):
+        groups.setdefault((row["recipe"], float(row["minutes"]), int(row["dev_seq_len"]), row["variant"]), []).append(row)
+    lines = ["| recipe | minutes | dev windows | variant | seeds | steps | dev masked acc (mean) | min–max | probe top-1 (p) "
+             "| settings |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (recipe, minutes, length, variant), group in sorted(groups.items(),
+                                                            key=lambda item: (item[0][:3], -mean(item[1]))):
         accuracies = [float(row["dev_masked_accuracy"]) for row in group]
-        lines.append(f"| {recipe} | {minutes:g} | {variant} | {len(group)} | {round(mean(group, 'steps'))} | {mean(group):.4f} | "
+        lines.append(f"| {recipe} | {minutes:g} | {length} | {variant} | {len(group)} | {round(mean(group, 'steps'))} | "
+                     f"{mean(group):.4f} | "
                      f"{min(accuracies):.4f}–{max(accuracies):.4f} | "
                      + ", ".join(f"{row['probe_top1']} ({row['probe_p']})" for row in group)
                      + f" | {group[0]['settings']} |")
@@ -123,6 +138,8 @@ def main():
     parser.add_argument("variants", nargs="*", help=f"any of: {', '.join(VARIANTS)}")
     parser.add_argument("--minutes", type=float, default=5.0, help="minutes of training steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--score-seq-len", type=int, default=0, metavar="N",
+                        help="score on dev windows of N tokens (default: each run's max_seq_len)")
     parser.add_argument("--results", default=RESULTS, help=f"the CSV rows are appended to (default {RESULTS})")
     config_module.add_config_arguments(parser)
     parser.add_argument("--table", action="store_true", help="print the table of results/study.csv")
@@ -144,7 +161,7 @@ def main():
         raise config_module.ConfigError(f"--minutes must be positive, got {arguments.minutes}")
     if arguments.one:
         row = train_and_score(base.preset, overrides, arguments.variants[0], arguments.seeds[0], arguments.minutes,
-                               arguments.keep)
+                              arguments.keep, arguments.score_seq_len)
         artifacts.append_row(arguments.results, {column: row[column] for column in COLUMNS})
         print(f"study: {row}")
         return
@@ -153,6 +170,7 @@ def main():
             # One process per run: nothing (graphs, caches, the global dtype policy) leaks between runs.
             child = subprocess.run([sys.executable, __file__, "--one", variant, "--seeds", str(seed),
                                     "--minutes", str(arguments.minutes), "--results", arguments.results,
+                                    "--score-seq-len", str(arguments.score_seq_len),
                                     *(["--keep"] if arguments.keep else []),
                                     "--preset", base.preset, *(f"--set={item}" for item in arguments.overrides)])
             if child.returncode:

@@ -36,6 +36,7 @@ class Run:
     work: str = ""
     state: dict | None = None
     train_windows: object = None
+    short_train_windows: object = None  # the first phase's shorter windows (short_seq_len), if any
     dev_windows: object = None          # per-epoch validation: the choices' split
     validation_windows: object = None   # held out: the final figures only
     counts: dict = field(default_factory=dict)
@@ -73,6 +74,8 @@ def start(config, identity: dict, force: bool) -> Run:
     started = time.time()
     prepared = artifacts.prepared_dir(config.data_dir)
     run.train_windows = inputs.window_dataset(prepared, "train", run.tokenizer, config.max_seq_len)
+    if config.short_seq_len:
+        run.short_train_windows = inputs.window_dataset(prepared, "train", run.tokenizer, config.short_seq_len)
     run.dev_windows = inputs.window_dataset(prepared, "dev", run.tokenizer, config.max_seq_len)
     run.validation_windows = inputs.window_dataset(prepared, "validation", run.tokenizer, config.max_seq_len)
     train_count, train_tokens = training.count_tokens(run.train_windows)
@@ -120,7 +123,8 @@ def fit(run: Run) -> None:
     budget = None
     if config.train_minutes:
         budget = training.TimeBudget(config.train_minutes, config.learning_rate, config.warmup_steps,
-                                     config.lr_schedule, spent=(run.state or {}).get("train_seconds", 0.0))
+                                     config.lr_schedule, spent=(run.state or {}).get("train_seconds", 0.0),
+                                     phase_share=config.short_seq_share if config.short_seq_len else 0.0)
     checkpoint = resume.TrainingCheckpoint(run.work, config.checkpoint_every_steps,
                                            extra_state=lambda: {"train_seconds": budget.seconds} if budget else {})
     callbacks = [*([budget] if budget else []), training.PerplexityLogger(),
@@ -134,23 +138,34 @@ def fit(run: Run) -> None:
                                                  initial_value_threshold=resume.best_validation_loss(run.work, history_rows)),
                  checkpoint]
     started = time.time()
-    for initial_epoch, epochs, steps in resume.fit_plan(run.state, run.epochs, run.steps_per_epoch):
+    plan = resume.fit_plan(run.state, run.epochs, run.steps_per_epoch)
+    while plan:
+        initial_epoch, epochs, steps = plan.pop(0)
         checkpoint.start_at(run.steps_per_epoch - steps)
         # Keras keeps one iterator across the epochs of a fit call, so batch i is trained at optimizer
         # step i: a resumed run continues the same stream where the interrupted one stopped.
         global_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        train_data = inputs.training_dataset(run.train_windows, run.masker, config.batch_size, config.max_seq_len,
+        short = budget is not None and budget.in_first_phase
+        windows, length = (run.short_train_windows, config.short_seq_len) if short else (run.train_windows,
+                                                                                         config.max_seq_len)
+        if config.short_seq_len:
+            print(f"model_training: {length}-token windows from optimizer step {global_step}")
+        train_data = inputs.training_dataset(windows, run.masker, config.batch_size, length,
                                              seed=config.seed, start_batch=global_step)
-        model.fit(train_data, validation_data=run.dev_data, initial_epoch=initial_epoch, epochs=epochs,
-                  steps_per_epoch=steps, validation_steps=config.validation_batches or None,
-                  callbacks=callbacks, verbose=monitoring.fit_verbosity(), shuffle=False)  # tf.data already shuffles
+        trained = model.fit(train_data, validation_data=run.dev_data, initial_epoch=initial_epoch, epochs=epochs,
+                            steps_per_epoch=steps, validation_steps=config.validation_batches or None,
+                            callbacks=callbacks, verbose=monitoring.fit_verbosity(),
+                            shuffle=False)  # tf.data already shuffles
         if checkpoint.nan_epoch is not None:
             raise artifacts.StageError(
                 f"training stopped: the loss became NaN in epoch {checkpoint.nan_epoch + 1} (learning_rate "
                 f"{config.learning_rate} is likely too high); {run.work} keeps the last good checkpoint, if any — "
                 "rerun with a lower --set learning_rate=... and --force")
-        if budget and budget.seconds >= budget.budget:
+        if budget and budget.spent:
             break
+        if short and not budget.in_first_phase and trained.epoch:
+            # The short windows' share ended mid-epoch, and that epoch with it: go on with full windows.
+            plan = [(trained.epoch[-1] + 1, run.epochs, run.steps_per_epoch)]
     run.fit_seconds = time.time() - started
 
 

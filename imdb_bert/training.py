@@ -107,16 +107,31 @@ class TimeBudget(keras.callbacks.Callback):
     probes and checkpoints excluded), then stops. Before each step it sets the learning rate:
     linear warm-up over the first `warmup_steps` steps, then the decay of `kind` over the fraction
     of the time used, so a cheaper step buys more steps of the same schedule ("Cramming",
-    Geiping & Goldstein 2022). `seconds` carries over a resumed run (`spent`)."""
+    Geiping & Goldstein 2022). `seconds` carries over a resumed run (`spent`).
 
-    def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, spent: float = 0.0):
+    With `phase_share` (0 < share < 1), a fit call that begins before that share of the time ends
+    there, so the caller can go on with other data (longer windows) under the same schedule."""
+
+    def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, spent: float = 0.0,
+                 phase_share: float = 0.0):
         super().__init__()
         self.budget, self.peak, self.warmup_steps, self.kind = minutes * 60.0, peak, warmup_steps, kind
         self.seconds, self.started, self.tracing, self.step = spent, None, False, 0
+        self.phase_end = phase_share * self.budget
+        self.stop_at = self.budget
+
+    @property
+    def in_first_phase(self) -> bool:
+        return self.seconds < self.phase_end
+
+    @property
+    def spent(self) -> bool:
+        return self.seconds >= self.budget
 
     def on_train_begin(self, logs=None):
         self.tracing = True   # the first step of a fit call also builds the graph: not training time
         self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))   # once, not every step
+        self.stop_at = self.phase_end if self.in_first_phase else self.budget
 
     def on_train_batch_begin(self, batch, logs=None):
         warm = min((self.step + 1) / max(self.warmup_steps, 1), 1.0)
@@ -128,7 +143,7 @@ class TimeBudget(keras.callbacks.Callback):
         if not self.tracing:
             self.seconds += time.perf_counter() - self.started
         self.tracing = False
-        if self.seconds >= self.budget:
+        if self.seconds >= self.stop_at:
             self.model.stop_training = True
 
 

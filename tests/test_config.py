@@ -31,6 +31,8 @@ def test_overrides_are_typed():
     ({"num_heads": "5"}, "num_heads (5) must divide hidden_size"),
     ({"source": "web"}, "source must be one of"),
     ({"tie_embeddings": "maybe"}, "tie_embeddings takes true or false"),
+    ({"short_seq_len": "32"}, "short_seq_len 32 needs"),   # tiny trains by epochs, not train_minutes
+    ({"short_seq_len": "64", "train_minutes": "1"}, "short_seq_len < max_seq_len (64)"),
 ])
 def test_bad_overrides_name_the_problem(overrides, message):
     with pytest.raises(config.ConfigError) as raised:
