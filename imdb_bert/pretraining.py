@@ -161,7 +161,7 @@ def fit(run: Run) -> None:
                 f"training stopped: the loss became NaN in epoch {checkpoint.nan_epoch + 1} (learning_rate "
                 f"{config.learning_rate} is likely too high); {run.work} keeps the last good checkpoint, if any — "
                 "rerun with a lower --set learning_rate=... and --force")
-        if budget and budget.spent:
+        if budget and budget.used_up:
             break
         if short and not budget.in_first_phase and trained.epoch:
             # The short windows' share ended mid-epoch, and that epoch with it: go on with full windows.

@@ -125,7 +125,7 @@ class TimeBudget(keras.callbacks.Callback):
         return self.seconds < self.phase_end
 
     @property
-    def spent(self) -> bool:
+    def used_up(self) -> bool:
         return self.seconds >= self.budget
 
     def on_train_begin(self, logs=None):
