@@ -194,7 +194,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 lr_schedule="linear", classifier_max_windows=8, classifier_epochs=1),
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
                  num_layers=2, batch_size=16, epochs=3, warmup_steps=20, learning_rate=3e-3,
-                 num_shards=2, validation_fraction=0.2, steps_per_epoch=0, validation_batches=0,
+                 num_shards=2, validation_fraction=0.2, steps_per_epoch=30, validation_batches=0,
+                 checkpoint_every_steps=10,
                  classifier_epochs=8, classifier_max_windows=2, classifier_learning_rate=3e-4),
 }
 

@@ -273,9 +273,10 @@ def all_positions_accuracy(model: keras.Model, windows: tf.data.Dataset, masker,
     compare like with like.
     """
     correct = total = 0
-    batches = windows.ragged_batch(batch_size).take(max_batches)
-    for index, batch in enumerate(batches):
-        original_ids, features, _, _ = masker(batch, tf.constant([seed, index], tf.int64))
+    # Masked inside tf.data, as a graph: the masker is many small ops, slow one by one when eager.
+    batches = (windows.ragged_batch(batch_size).take(max_batches).enumerate()
+               .map(lambda index, batch: masker(batch, tf.stack([tf.constant(seed, tf.int64), index]))))
+    for original_ids, features, _, _ in batches:
         length = int(features["input_ids"].shape[1])
         every_position = np.tile(np.arange(length, dtype=np.int32), (original_ids.shape[0], 1))
         input_ids = features["input_ids"].numpy().astype(np.int32)

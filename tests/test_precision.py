@@ -22,7 +22,21 @@ def batches(fixture_reviews):
     windows = windows.map(tf.identity)   # plain tensors, as window_dataset gives
     data = inputs.validation_dataset(windows, masker_for(settings, len(tokens)), settings.batch_size,
                                      settings.max_seq_len, settings.seed)   # fixed, seeded masks
-    return len(tokens), [batch for batch in data.take(STEPS)]
+    return len(tokens), [padded(batch, settings.max_seq_len, settings.mask_rate) for batch in data.take(STEPS)]
+
+
+def padded(batch, max_seq_len: int, mask_rate: float):
+    """A batch padded to one shape (its padding is [PAD] or a zero-weight slot, so the loss is the
+    same): XLA compiles a step once per input shape, and the length-grouped batches have many."""
+    features, labels, weights = batch
+    slots = inputs.max_predictions(max_seq_len, mask_rate)
+
+    def pad(tensor, width):
+        return tf.pad(tensor, [[0, 0], [0, width - tensor.shape[1]]])
+
+    return ({"input_ids": pad(features["input_ids"], max_seq_len),
+             "masked_positions": pad(features["masked_positions"], slots)},
+            pad(labels, slots), pad(weights, slots))
 
 
 def final_loss(batches, **overrides) -> float:

@@ -4,6 +4,7 @@ being killed, all on the real stage scripts with the tiny preset."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,20 +19,18 @@ def manifest(data_dir, *parts):
         return json.load(handle)
 
 
-RESUME_SETTINGS = ["steps_per_epoch=30", "checkpoint_every_steps=10"]
-
-
 @pytest.fixture(scope="module")
-def trained(built_data, tmp_path_factory):
-    """A copy of the built data with a finished tiny training run (short epochs), never interrupted."""
-    data_dir = copy_data(built_data, tmp_path_factory.mktemp("trained"))
-    run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS)
+def trained(trained_run, tmp_path_factory):
+    """A copy of the data with the finished tiny training run (3 epochs of 30 steps, a checkpoint
+    every 10), never interrupted."""
+    data_dir = os.path.join(str(tmp_path_factory.mktemp("trained")), "data")
+    shutil.copytree(trained_run[0], data_dir)
     return data_dir
 
 
 def test_rerunning_the_whole_pipeline_with_nothing_changed_does_nothing(trained):
     before = manifest(trained, "runs", "tiny")
-    result = subprocess.run(stage_command(["./run_pipeline.sh"], trained, *RESUME_SETTINGS), cwd=ROOT,
+    result = subprocess.run(stage_command(["./run_pipeline.sh"], trained), cwd=ROOT,
                             env=stage_environment(IMDB_BERT_URL="file:///nonexistent"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -99,7 +98,7 @@ def stop_mid_epoch(data_dir, log_path, epoch, stop):
     """Start (or resume) training, stop it with `stop` once it has checkpointed mid-`epoch`; returns that state."""
     with open(log_path, "w") as log:
         # SIGINT at its default, as under a terminal (a shell's background job would start us with it ignored).
-        process = subprocess.Popen(stage_command(["model_training.py"], data_dir, *RESUME_SETTINGS), cwd=ROOT,
+        process = subprocess.Popen(stage_command(["model_training.py"], data_dir), cwd=ROOT,
                                    env=stage_environment(), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True,
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -119,7 +118,7 @@ def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_run(built_data,
     """SIGTERM in epoch 1, Ctrl-C in epoch 2 and SIGKILL in epoch 3, each resumed from its checkpoint."""
     data_dir = copy_data(built_data, tmp_path)
     stopped = [stop_mid_epoch(data_dir, tmp_path / "sigterm.log", 0, signal.SIGTERM)]
-    other = run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS, "learning_rate=0.001", check=False)
+    other = run_stage(["model_training.py"], data_dir, "learning_rate=0.001", check=False)
     one_line_error(other, "unfinished run with other settings", "learning_rate 0.003 -> 0.001", "--force")
     stopped.append(stop_mid_epoch(data_dir, tmp_path / "ctrl-c.log", 1, signal.SIGINT))
     assert "resuming" in open(tmp_path / "ctrl-c.log").read()
@@ -127,7 +126,7 @@ def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_run(built_data,
     assert [state["epoch"] for state in stopped] == [0, 1, 2]
     assert all(state["global_step"] == 30 * state["epoch"] + state["step"] for state in stopped)
 
-    resumed = run_stage(["model_training.py"], data_dir, *RESUME_SETTINGS)
+    resumed = run_stage(["model_training.py"], data_dir)
     assert "resuming" in resumed.stdout and "at epoch 3, step" in resumed.stdout
     assert resumed.stdout.count("Epoch ") == 1                       # the rest of epoch 3 only
     run_dir = os.path.join(data_dir, "runs", "tiny")
