@@ -126,10 +126,11 @@ def trained_run(built_data):
     return data_dir, dict(outputs, **{"model_training.py": run_stage(["model_training.py"], data_dir)})
 
 
-def copy_data(built_data, destination) -> str:
-    """A private copy of the built data folder (without training runs) under `destination`."""
+def copy_data(built_data, destination, with_runs: bool = False) -> str:
+    """A private copy of the built data folder under `destination`, without its training runs
+    unless `with_runs`."""
     data_dir = os.path.join(str(destination), "data")
-    shutil.copytree(built_data[0], data_dir, ignore=shutil.ignore_patterns("runs"))
+    shutil.copytree(built_data[0], data_dir, ignore=None if with_runs else shutil.ignore_patterns("runs"))
     return data_dir
 
 

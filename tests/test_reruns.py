@@ -4,7 +4,6 @@ being killed, all on the real stage scripts with the tiny preset."""
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,9 +22,7 @@ def manifest(data_dir, *parts):
 def trained(trained_run, tmp_path_factory):
     """A copy of the data with the finished tiny training run (3 epochs of 30 steps, a checkpoint
     every 10), never interrupted."""
-    data_dir = os.path.join(str(tmp_path_factory.mktemp("trained")), "data")
-    shutil.copytree(trained_run[0], data_dir)
-    return data_dir
+    return copy_data(trained_run, tmp_path_factory.mktemp("trained"), with_runs=True)
 
 
 def test_rerunning_the_whole_pipeline_with_nothing_changed_does_nothing(trained):
