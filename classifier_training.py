@@ -85,16 +85,14 @@ def train(config, identity, folder, compare, splits, dev_only=False):
     steps_per_epoch = sum(1 for _ in train_data)
     total_steps = steps_per_epoch * config.classifier_epochs
 
+    fine_tuning = pipeline.settings(classifier.FineTuneConfig, config)
+
     def fit_on_train(name, encoder, work):
         """The classifier on `encoder`, trained with the epoch of the best dev accuracy kept."""
-        model = classifier.SentimentClassifier(encoder, config.classifier_dropout, config.classifier_pooling)
-        classifier.compile_classifier(model, config.classifier_learning_rate, total_steps, config.classifier_layer_decay)
         print(f"classifier_training: {name}: {config.classifier_epochs} epochs x {steps_per_epoch} steps")
-        best = classifier.best_epoch_on_dev(config.classifier_epochs)
         logs = [keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv"))] if work else []
-        history = model.fit(train_data, validation_data=dev, epochs=config.classifier_epochs, verbose=2, shuffle=False,
-                            callbacks=[*logs, best])
-        return model, best, history.history["val_accuracy"]
+        return classifier.fine_tune(encoder, fine_tuning, train_data, dev, config.classifier_epochs, steps_per_epoch,
+                                    callbacks=logs)
 
     if dev_only:
         started = time.time()
@@ -156,14 +154,10 @@ def bag_of_words(prepared, config) -> dict:
     """Fit and evaluate the TF-IDF logistic regression on the same split."""
     from imdb_bert import classifier
 
-    train_reviews = classifier.labelled_reviews(prepared, "train").cache()
-    model = classifier.bag_of_words_model(train_reviews.map(lambda text, label: text))
-    dev, held_out = (classifier.labelled_reviews(prepared, split).batch(256) for split in ("dev", "validation"))
+    dev, held_out = (classifier.labelled_reviews(prepared, split) for split in ("dev", "validation"))
     print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression")
-    best = classifier.best_epoch_on_dev(4)
-    model.fit(train_reviews.shuffle(25_000, seed=config.seed).batch(64), validation_data=dev, epochs=4, verbose=2,
-              shuffle=False, callbacks=[best])
-    result = classifier.evaluate_picked(model, held_out, best)
+    model, best = classifier.fit_bag_of_words(classifier.labelled_reviews(prepared, "train"), dev, 4, config.seed)
+    result = classifier.evaluate_picked(model, held_out.batch(256), best)
     print(f"classifier_training: bag of words: epoch {best.best_epoch + 1} picked on dev; held-out accuracy "
           f"{result['accuracy']:.4f}")
     return result

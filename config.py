@@ -66,6 +66,12 @@ class Config:
     tie_embeddings: bool = True
     use_bias: bool = True             # biases in the encoder's dense layers and layer norms
 
+    # Stage 4: what pretraining learns.
+    objective: str = "mlm"            # mlm (masked LM) | electra (replaced-token detection: a small generator
+                                      # fills the masks, the encoder tells which tokens were replaced)
+    generator_size: float = 0.25      # electra: the generator's width as a share of the encoder's
+    discriminator_weight: float = 50.0   # electra: weight of the replaced-token loss beside the generator's
+
     # Stage 4: masking.
     mask_rate: float = 0.15
     mask_token_rate: float = 0.8
@@ -105,6 +111,8 @@ class Config:
                                       # (half from its start, half from its end)
     classifier_pooling: str = "mean"  # mean (every real token of the review) | cls (each window's [CLS] state)
     classifier_layer_decay: float = 1.0   # below 1: each layer down the encoder trains at this times the rate above it
+    classifier_encoder_rate: float = 1.0  # the encoder's learning rate as a share of the head's (below 1: the
+                                          # pretrained weights move less than the new head)
     classifier_dropout: float = 0.1
 
     # Probing after each epoch.
@@ -127,9 +135,13 @@ class Config:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
         for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay", "classifier_dropout",
-                     "classifier_layer_decay"]:
+                     "classifier_layer_decay", "classifier_encoder_rate"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0.0 < self.generator_size <= 1.0:
+            raise ConfigError(f"generator_size must be above 0 and at most 1, got {self.generator_size}")
+        if self.discriminator_weight < 0:
+            raise ConfigError(f"discriminator_weight must be >= 0, got {self.discriminator_weight}")
         if self.validation_fraction + self.dev_fraction >= 1.0:
             raise ConfigError("validation_fraction + dev_fraction must leave reviews to train on (sum below 1)")
         if self.mask_token_rate + self.random_token_rate > 1.0:
@@ -158,6 +170,7 @@ class Config:
                    "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                    "strategy": ("auto", "mirrored", "multi_worker", "tpu"),
                    "classifier_windows": ("head", "head_tail"),
+                   "objective": ("mlm", "electra"),
                    "classifier_pooling": ("mean", "cls")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -270,14 +283,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return make_config(args.preset or default_preset(), overrides)
 
 
-def load_stage_config(description: str, shorthands: tuple[str, ...] = (),
-                      flags: dict[str, str] | None = None) -> tuple[Config, argparse.Namespace]:
+def load_stage_config(description: str, shorthands: tuple[str, ...] = (), flags: dict[str, str] | None = None,
+                      options: dict[str, tuple[str, str]] | None = None) -> tuple[Config, argparse.Namespace]:
     """Parse a stage's `--preset` / `--set` / `--force` arguments, print the values it will use,
     and return them with the parsed options (`options.force`: redo the stage even if its output
     is up to date).
 
     Each name in `shorthands` also gets its own flag: `--source tfds` means `--set source=tfds`.
-    `flags` maps extra on/off options of the stage (`compare-scratch`) to their help.
+    `flags` maps extra on/off options of the stage (`compare-scratch`) to their help, `options` extra
+    options that take a value (`labels`) to their help and default.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
@@ -286,6 +300,8 @@ def load_stage_config(description: str, shorthands: tuple[str, ...] = (),
         parser.add_argument(f"--{name}", help=f"same as --set {name}=VALUE")
     for name, help_text in (flags or {}).items():
         parser.add_argument(f"--{name}", action="store_true", help=help_text)
+    for name, (help_text, default) in (options or {}).items():
+        parser.add_argument(f"--{name}", default=default, help=f"{help_text} (default {default})")
     arguments = parser.parse_args()
     arguments.overrides += [f"{name}={getattr(arguments, name)}" for name in shorthands
                             if getattr(arguments, name) is not None]

@@ -10,7 +10,8 @@ training steps and scored on the dev split, so that the choice never looks at th
 A variant is a few `--set`s on top of the recipe under study (default: the cpu preset; `--preset`
 and `--set` change it as in every stage). Each run trains like model_training.py (same steps, same
 time budget) in <runs_dir>/study/, is scored under evaluate.py's fixed protocol (15% masked,
-80/10/10, fixed seed) on the first DEV_WINDOWS windows of the dev split, and appends one row to
+80/10/10, fixed seed) on the first DEV_WINDOWS windows of the dev split and by the frozen-encoder
+probe (imdb_bert/linear_probe.py: the best layer's dev accuracy), and appends one row to
 results/study.csv as soon as it ends; its folder is then deleted, unless --keep: then the run is
 finished as model_training.py finishes one (held-out metrics, report, exports) in
 <runs_dir>/study/<variant>-s<seed>, for `evaluate.py --compare` of the final figures (the choice
@@ -36,7 +37,8 @@ from imdb_bert import artifacts, pipeline
 RESULTS = os.path.join("results", "study.csv")
 DEV_WINDOWS = 2000
 COLUMNS = ["variant", "recipe", "seed", "minutes", "steps", "dev_seq_len", "dev_masked_accuracy", "dev_perplexity",
-           "probe_top1", "probe_p", "settings", "date"]
+           "probe_top1", "probe_p", "settings", "date", "frozen_probe_dev", "frozen_probe_layer"]
+FROZEN_PROBE_LABELS = 2000   # labelled training reviews the frozen probe is fitted on (--probe-labels)
 # The cpu recipe's changes under study ("Cramming", Geiping & Goldstein 2022, for most of them).
 # Batch-size variants scale the peak rate with the square root of the batch.
 VARIANTS = {
@@ -60,6 +62,9 @@ VARIANTS = {
     "batch128": {"batch_size": "128", "learning_rate": "2.83e-3"},
     "dropout0.1": {"dropout": "0.1"},
     "no_bias": {"use_bias": "false"},
+    # Replaced-token detection (ELECTRA, Clark et al. 2020): its paper's 15% masking, and the recipe's 30%.
+    "electra": {"objective": "electra", "mask_rate": "0.15"},
+    "electra_mask30": {"objective": "electra"},
     # The screens' winners together (64-token windows, batch 32, 30% masking, linear decay), for the
     # full-budget check.
     "seq64_b32_m30_linear": {"max_seq_len": "64", "batch_size": "32", "learning_rate": "1.41e-3", "mask_rate": "0.3",
@@ -68,11 +73,11 @@ VARIANTS = {
 
 
 def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minutes: float, keep: bool = False,
-                    score_seq_len: int = 0) -> dict:
+                    score_seq_len: int = 0, probe_labels: int = FROZEN_PROBE_LABELS) -> dict:
     """One run of `variant` on top of the recipe `preset` + `overrides` (in this process): train for
     `minutes`, score on the dev split cut into windows of `score_seq_len` tokens (default: the run's
     own max_seq_len; runs of different window lengths answer the same questions at a common one)."""
-    from imdb_bert import evaluation, inputs, pretraining, probe
+    from imdb_bert import evaluation, inputs, linear_probe, pretraining, probe
 
     recipe_minutes = config_module.make_config(preset, overrides).train_minutes or minutes
     recipe = config_module.make_config(preset, {**overrides, **VARIANTS[variant], "train_minutes": str(recipe_minutes)})
@@ -95,6 +100,10 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
     scores = evaluation.masked_token_scores(run.model, dev_windows.take(DEV_WINDOWS), len(run.tokens),
                                             score_seq_len, config.batch_size)
     top = probe.top_k_fills(run.model, run.tokenizer, run.tokens, config.probe_phrases[0], 1, config.max_seq_len)[0]
+    # How much sentiment the encoder's layers hold, frozen: a screen of what it will be worth downstream.
+    layer, frozen_accuracy = linear_probe.best(linear_probe.probe(run.model.encoder, *linear_probe.review_sets(
+        artifacts.prepared_dir(config.data_dir), run.tokenizer, probe_labels, config.max_seq_len,
+        config.classifier_max_windows, config.classifier_windows == "head_tail", config.batch_size)))
     if keep:
         pretraining.publish(run, pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES))
     else:
@@ -104,7 +113,7 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
             "dev_masked_accuracy": round(scores["masked_accuracy"], 4), "dev_perplexity": round(scores["perplexity"], 1),
             "probe_top1": top["predicted mask token"], "probe_p": round(top["probability"], 3),
             "settings": " ".join(f"{key}={value}" for key, value in VARIANTS[variant].items()) or "the recipe",
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "frozen_probe_dev": round(frozen_accuracy, 4), "frozen_probe_layer": layer}
 
 
 def table(path: str) -> str:
@@ -112,21 +121,32 @@ def table(path: str) -> str:
     if not os.path.isfile(path):
         raise artifacts.StageError(f"no results yet in {path}: run python study.py VARIANT first")
     with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+        return table_of(list(csv.DictReader(handle)))
+
+
+def table_of(rows: list[dict]) -> str:
+    """The table of `table` for rows already read (docs/render.py renders docs from them)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["recipe"], float(row["minutes"]), int(row["dev_seq_len"]), row["variant"]), []).append(row)
-    lines = ["| recipe | minutes | dev windows | variant | seeds | steps | dev masked acc (mean) | min–max | probe top-1 (p) "
-             "| settings |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| recipe | minutes | dev windows | variant | seeds | steps | dev masked acc (mean) | min–max | "
+             "frozen probe, dev (mean) | probe top-1 (p) | settings |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (recipe, minutes, length, variant), group in sorted(groups.items(),
                                                             key=lambda item: (item[0][:3], -mean(item[1]))):
         accuracies = [float(row["dev_masked_accuracy"]) for row in group]
         lines.append(f"| {recipe} | {minutes:g} | {length} | {variant} | {len(group)} | {round(mean(group, 'steps'))} | "
                      f"{mean(group):.4f} | "
-                     f"{min(accuracies):.4f}–{max(accuracies):.4f} | "
+                     f"{min(accuracies):.4f}–{max(accuracies):.4f} | {frozen_mean(group)} | "
                      + ", ".join(f"{row['probe_top1']} ({row['probe_p']})" for row in group)
                      + f" | {group[0]['settings']} |")
     return "\n".join(lines)
+
+
+def frozen_mean(rows: list[dict]) -> str:
+    """Mean frozen-probe dev accuracy of the rows that have one (rows from before the probe have none)."""
+    values = [float(row["frozen_probe_dev"]) for row in rows if row.get("frozen_probe_dev")]
+    return f"{sum(values) / len(values):.4f}" if values else "—"
 
 
 def mean(rows: list[dict], key: str = "dev_masked_accuracy") -> float:
@@ -140,6 +160,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--score-seq-len", type=int, default=0, metavar="N",
                         help="score on dev windows of N tokens (default: each run's max_seq_len)")
+    parser.add_argument("--probe-labels", type=int, default=FROZEN_PROBE_LABELS, metavar="N",
+                        help="labelled training reviews the frozen-encoder probe is fitted on")
     parser.add_argument("--results", default=RESULTS, help=f"the CSV rows are appended to (default {RESULTS})")
     config_module.add_config_arguments(parser)
     parser.add_argument("--table", action="store_true", help="print the table of results/study.csv")
@@ -161,7 +183,7 @@ def main():
         raise config_module.ConfigError(f"--minutes must be positive, got {arguments.minutes}")
     if arguments.one:
         row = train_and_score(base.preset, overrides, arguments.variants[0], arguments.seeds[0], arguments.minutes,
-                              arguments.keep, arguments.score_seq_len)
+                              arguments.keep, arguments.score_seq_len, arguments.probe_labels)
         artifacts.append_row(arguments.results, {column: row[column] for column in COLUMNS})
         print(f"study: {row}")
         return
@@ -171,6 +193,7 @@ def main():
             child = subprocess.run([sys.executable, __file__, "--one", variant, "--seeds", str(seed),
                                     "--minutes", str(arguments.minutes), "--results", arguments.results,
                                     "--score-seq-len", str(arguments.score_seq_len),
+                                    "--probe-labels", str(arguments.probe_labels),
                                     *(["--keep"] if arguments.keep else []),
                                     "--preset", base.preset, *(f"--set={item}" for item in arguments.overrides)])
             if child.returncode:

@@ -51,6 +51,10 @@ def classifier_dir(run_dir: str) -> str:
     return os.path.join(run_dir, "classifier")
 
 
+def label_curve_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "label_curve")
+
+
 def vocab_path(data_dir: str) -> str:
     return os.path.join(vocab_dir(data_dir), "vocab.txt")
 
@@ -108,9 +112,24 @@ def append_row(path: str, row: dict) -> None:
     import csv
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    header = list(row)
+    if os.path.isfile(path):
+        with open(path, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        if set(row) - set(header):
+            # A column the file lacks (a study that measures more now): rewrite it with the wider header,
+            # the older rows empty there.
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            header += [key for key in row if key not in header]
+            with open(path + ".tmp", "w", newline="", encoding="utf-8") as out:
+                writer = csv.DictWriter(out, header)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(path + ".tmp", path)
     new = not os.path.isfile(path)
     with open(path, "a", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, list(row))
+        writer = csv.DictWriter(out, header, restval="")
         if new:
             writer.writeheader()
         writer.writerow(row)

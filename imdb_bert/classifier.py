@@ -8,6 +8,8 @@ review are averaged, and one logit says positive (> 0) or negative. Averaging to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -113,10 +115,10 @@ class SentimentClassifier(keras.Model):
         return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
 
 
-def layer_rate_factors(encoder: keras.Model, decay: float) -> dict[str, float]:
-    """Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020): the factor of each encoder
-    variable's rate, by variable path — 1 for the top block, `decay` for the one below, ... and
-    decay^(layers) for the embeddings. The final norm and the head keep the full rate."""
+def layer_rate_factors(encoder: keras.Model, decay: float, encoder_rate: float = 1.0) -> dict[str, float]:
+    """The factor of each encoder variable's learning rate, by variable path: `encoder_rate` times the
+    layer-wise decay (ELECTRA, Clark et al. 2020) — 1 for the top block, `decay` for the one below, ...
+    and decay^(layers) for the embeddings; the final norm has no decay. The head keeps the full rate."""
     blocks = [layer.name for layer in encoder.layers if layer.name.startswith("block_")]   # bottom to top
     factors = {}
     for layer in encoder.layers:
@@ -125,21 +127,22 @@ def layer_rate_factors(encoder: keras.Model, decay: float) -> dict[str, float]:
         elif layer.name.startswith(("token_embedding", "position_embedding", "embedding_")):
             below_top = len(blocks)
         else:
-            continue
-        factors.update({variable.path: decay ** below_top for variable in layer.trainable_variables})
+            below_top = 0
+        factors.update({variable.path: encoder_rate * decay ** below_top for variable in layer.trainable_variables})
     return factors
 
 
 def compile_classifier(model: SentimentClassifier, learning_rate: float, total_steps: int,
-                       layer_decay: float = 1.0) -> None:
-    """AdamW with a 10% linear warm-up and cosine decay (and layer-wise decay of the rate below
-    1.0); binary cross-entropy on the logit."""
+                       layer_decay: float = 1.0, encoder_rate: float = 1.0) -> None:
+    """AdamW with a 10% linear warm-up and cosine decay (the encoder's rate scaled by `encoder_rate`
+    and decayed layer-wise below the top when `layer_decay` < 1); binary cross-entropy on the logit."""
     warmup = max(total_steps // 10, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps - warmup, 1), alpha=0.0)
+    scaled = layer_decay < 1.0 or encoder_rate != 1.0
     optimizer = training.adamw(schedule, 0.01, model.encoder,
-                               rate_factors=layer_rate_factors(model.encoder, layer_decay) if layer_decay < 1.0 else None)
+                               rate_factors=layer_rate_factors(model.encoder, layer_decay, encoder_rate) if scaled else None)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
@@ -157,7 +160,7 @@ def evaluate_picked(model: keras.Model, held_out: tf.data.Dataset, picked: keras
     return {**evaluate(model, held_out), "epoch_picked_on_dev": picked.best_epoch + 1, "dev_accuracy": float(picked.best)}
 
 
-def bag_of_words_model(train_texts: tf.data.Dataset, max_tokens: int = 30_000) -> keras.Model:
+def bag_of_words_model(train_texts: tf.data.Dataset, max_tokens: int = 30_000, learning_rate: float = 1e-3) -> keras.Model:
     """Logistic regression on TF-IDF of words and word pairs (Keras `TextVectorization` + one Dense)."""
     vectorizer = layers.TextVectorization(max_tokens=max_tokens, ngrams=2, output_mode="tf_idf",
                                           name="tf_idf")
@@ -165,7 +168,7 @@ def bag_of_words_model(train_texts: tf.data.Dataset, max_tokens: int = 30_000) -
     texts = keras.Input(shape=(), dtype="string", name="text")
     logit = layers.Dense(1, kernel_regularizer=keras.regularizers.L2(1e-6), name="sentiment")(vectorizer(texts))
     model = keras.Model(texts, ops.squeeze(logit, -1), name="bag_of_words")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
     return model
 
@@ -186,3 +189,38 @@ def evaluate(model: keras.Model, data: tf.data.Dataset) -> dict:
     confusion = [[int(np.sum((labels == truth) & (predicted == guess))) for guess in (0, 1)] for truth in (0, 1)]
     return {"accuracy": float(np.mean(predicted == labels)), "loss": float(loss), "reviews": int(labels.size),
             "confusion_matrix": {"rows_true_cols_predicted": ["negative", "positive"], "counts": confusion}}
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """How the classifier is trained; the pipeline's `classifier_*` values (config.py)."""
+    classifier_learning_rate: float
+    classifier_layer_decay: float
+    classifier_dropout: float
+    classifier_pooling: str
+    classifier_encoder_rate: float = 1.0
+
+
+def fine_tune(encoder: keras.Model, settings: FineTuneConfig, train: tf.data.Dataset, dev: tf.data.Dataset,
+              epochs: int, steps_per_epoch: int, callbacks: list | None = None, verbose: int = 2):
+    """The classifier on `encoder` trained on `train` for `epochs`, with the weights of the epoch of
+    the best dev accuracy restored: (model, the `best_epoch_on_dev` callback, dev accuracy per epoch)."""
+    model = SentimentClassifier(encoder, settings.classifier_dropout, settings.classifier_pooling)
+    compile_classifier(model, settings.classifier_learning_rate, steps_per_epoch * epochs, settings.classifier_layer_decay,
+                       settings.classifier_encoder_rate)
+    best = best_epoch_on_dev(epochs)
+    history = model.fit(train, validation_data=dev, epochs=epochs, verbose=verbose, shuffle=False,
+                        callbacks=[*(callbacks or []), best])
+    return model, best, history.history["val_accuracy"]
+
+
+def fit_bag_of_words(train_reviews: tf.data.Dataset, dev_reviews: tf.data.Dataset, epochs: int, seed: int,
+                     verbose: int = 2, learning_rate: float = 1e-3):
+    """The bag of words fitted on (text, label) `train_reviews` (its vocabulary from them too), with the
+    epoch of the best dev accuracy kept: (model, the `best_epoch_on_dev` callback)."""
+    train_reviews = train_reviews.cache()
+    model = bag_of_words_model(train_reviews.map(lambda text, label: text), learning_rate=learning_rate)
+    best = best_epoch_on_dev(epochs)
+    model.fit(train_reviews.shuffle(25_000, seed=seed).batch(64), validation_data=dev_reviews.batch(256),
+              epochs=epochs, verbose=verbose, shuffle=False, callbacks=[best])
+    return model, best

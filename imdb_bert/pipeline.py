@@ -30,9 +30,13 @@ COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
 DATA_PREP_KEYS = ("source", "validation_fraction", "dev_fraction", "split_seed", "num_shards")
 VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
 CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_windows",
-                   "classifier_pooling", "classifier_layer_decay", "classifier_dropout")
+                   "classifier_pooling", "classifier_layer_decay", "classifier_dropout", "classifier_encoder_rate")
 NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases",
                      "top_k", "strategy") + CLASSIFIER_KEYS
+# Config keys added after runs were already made, each with the value that reproduces what runs made
+# before it did: a manifest without the key was built with that value, so it stays current.
+ADDED_KEYS = {"objective": "mlm", "generator_size": 0.25, "discriminator_weight": 50.0,
+              "classifier_encoder_rate": 1.0}
 # The layout of a saved model. Runs saved in an older layout are refused with one line, and count
 # as out of date, so model_training.py retrains them.
 MODEL_FORMAT = 2
@@ -67,6 +71,19 @@ def changed_values(old: dict, new: dict) -> str:
                      for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
 
 
+def built_config(manifest: dict) -> dict:
+    """The config values a manifest was built with, a key added since counting as its old behaviour."""
+    return {**ADDED_KEYS, **manifest.get("config", {})}
+
+
+def built_with(manifest: dict, identity: dict) -> bool:
+    """True when the output of `manifest` (or an unfinished run's saved identity) was built with exactly
+    `identity`: the same inputs and config values, a key added since counting as its old behaviour."""
+    built = built_config(manifest)
+    return ({key: built.get(key) for key in identity["config"]} == identity["config"]
+            and manifest.get("inputs") == identity["inputs"])
+
+
 def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
     """True (after saying so) when `force` is off and `folder` was built with exactly `identity`
     and still has all its files with their recorded sizes; else False (the stage must run)."""
@@ -77,7 +94,7 @@ def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> 
             manifest = json.load(handle)
     except (OSError, json.JSONDecodeError):
         return False
-    if manifest.get("config") != identity["config"] or manifest.get("inputs") != identity["inputs"]:
+    if not built_with(manifest, identity):
         return False
     for name, size in manifest.get("files", {}).items():
         path = os.path.join(folder, name)
@@ -92,7 +109,7 @@ def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict
     values of `keys` than `config` has, or from other inputs than `input_fingerprints`."""
     manifest = artifacts.read_manifest(folder, f"run: {COMMANDS[stage]}")
     wanted = stage_identity(config, keys, {})["config"]
-    built = {key: manifest.get("config", {}).get(key) for key in keys}
+    built = {key: built_config(manifest).get(key) for key in keys}
     if built != wanted:
         raise StageError(f"{folder} is stale: it was built for {changed_values(built, wanted).replace('->', 'but config says')}"
                          f": {rerun(stage)}")

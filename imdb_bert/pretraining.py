@@ -19,7 +19,7 @@ import keras
 
 from imdb_bert import (artifacts, distribute, evaluation, export, inputs, monitoring, pipeline, private_apis, probe,
                        report, resume, training, vocab)
-from imdb_bert.model import ModelConfig, build_masked_lm
+from imdb_bert.model import ModelConfig, build_pretrainer
 
 TIME_LIMITED_EPOCHS = 100_000
 
@@ -90,6 +90,8 @@ def start(config, identity: dict, force: bool) -> Run:
     run.masking = pipeline.settings(inputs.MaskingConfig, config)
     run.continuation = [token.startswith("##") for token in run.tokens]
     run.masker = inputs.make_masker(len(run.tokens), run.masking, continuation=run.continuation)
+    if config.objective == "electra":
+        run.masker = inputs.with_masked_ids(run.masker)
     run.dev_data = inputs.validation_dataset(run.dev_windows, run.masker, config.batch_size, config.max_seq_len,
                                              config.seed)
     run.steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
@@ -102,7 +104,8 @@ def build(run: Run) -> None:
     """The masked LM, its optimizer and metrics in the strategy's scope; restored when resuming."""
     config = run.config
     with run.strategy.scope():  # variables, optimizer slots and metrics live on every replica
-        run.model = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=len(run.tokens)))
+        run.model = build_pretrainer(pipeline.settings(ModelConfig, config, vocab_size=len(run.tokens)), config.objective,
+                                     config.generator_size, config.discriminator_weight, config.seed)
         training.compile_masked_lm(run.model, pipeline.settings(training.ScheduleConfig, config),
                                    config.weight_decay, run.steps_per_epoch * run.epochs, config.jit_compile)
         if run.state:

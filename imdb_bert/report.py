@@ -80,6 +80,11 @@ def render(name: str, preset: str, scores: dict, settings: dict, probe_history: 
               f"{settings.get('max_seq_len')}, batch {settings.get('batch_size')}, masking "
               f"{settings.get('mask_rate')} ({settings.get('mask_token_rate')} [MASK] / "
               f"{settings.get('random_token_rate')} random). All numbers are on held-out reviews.", ""]
+    if settings.get("objective") == "electra":
+        lines += ["Objective `electra` (replaced-token detection): the encoder was trained to tell which tokens a small "
+                  "generator replaced. The masked-token figures, the cloze and the probe below are the generator's "
+                  f"(a masked LM {settings.get('generator_size')} of the encoder's width, sharing its embeddings); "
+                  "fine-tuning uses the encoder.", ""]
     lines += ["| measure | this run | healthy runs of this preset (nearest in steps) |", "| --- | --- | --- |"]
     for key, label in LABELS:
         value = scores.get(key)
@@ -110,6 +115,32 @@ def render(name: str, preset: str, scores: dict, settings: dict, probe_history: 
 def write(folder: str, text: str) -> None:
     with open(os.path.join(folder, REPORT), "w", encoding="utf-8") as out:
         out.write(text)
+
+
+LABEL_CURVE_HEADING = "## Sentiment against the number of labels"
+
+
+def label_curve_section(table: str, image: str) -> str:
+    """The report's section on the label curve (label_curve.py): its table and its plot."""
+    return "\n".join([LABEL_CURVE_HEADING, "",
+                      "Held-out accuracy of the fine-tuned pretrained encoder, the same architecture trained from "
+                      "random weights, and a bag of words, each trained on the same class-balanced sample of "
+                      "labelled training reviews (mean over seeds, their range in brackets; label_curve.py):", "",
+                      table, "", f"![held-out accuracy against labels]({image})", ""])
+
+
+def put_section(folder: str, heading: str, section: str) -> None:
+    """Replace the report's section under `heading` (to the next `## ` heading) with `section`, or
+    add it at the end; the rest of the report is kept as it is."""
+    path = os.path.join(folder, REPORT)
+    text = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
+    lines, kept, skipping = text.splitlines(), [], False
+    for line in lines:
+        if line.startswith("## "):
+            skipping = line.strip() == heading
+        if not skipping:
+            kept.append(line)
+    write(folder, "\n".join(kept).rstrip() + "\n\n" + section)
 
 
 COMPARE_COLUMNS = [("run", "{}"), ("preset", "{}"), ("steps", "{}"), ("masked acc", "{:.4f}"), ("ppl", "{:.1f}"),

@@ -54,8 +54,9 @@ def open_work_dir(folder: str, identity: dict, force: bool) -> dict | None:
         except (OSError, json.JSONDecodeError):
             shutil.rmtree(folder)  # killed before it even recorded what it was for: nothing to keep
     if saved_identity is not None:
-        if saved_identity != identity:
-            changed = pipeline.changed_values(saved_identity["config"], identity["config"]) or \
+        if not pipeline.built_with(saved_identity, identity):
+            built = pipeline.built_config(saved_identity)
+            changed = pipeline.changed_values({key: built.get(key) for key in identity["config"]}, identity["config"]) or \
                 "the prepared data or vocabulary changed"
             raise artifacts.StageError(
                 f"{folder} holds an unfinished run with other settings ({changed}): rerun with the same "

@@ -21,7 +21,8 @@ sys.path.insert(0, ROOT)
 # Files that train several runs, slowest first. The workers take whole files in collection order
 # (pytest.ini), so starting these first lets the two finish together instead of one waiting on
 # the last slow file. Files not listed follow, in their usual order.
-SLOWEST_FILES = ["test_reruns.py", "test_distribute.py", "test_study.py", "test_classifier.py", "test_evaluation.py",
+SLOWEST_FILES = ["test_reruns.py", "test_distribute.py", "test_study.py", "test_classifier.py", "test_label_curve.py",
+                 "test_evaluation.py", "test_electra.py",
                  "test_precision.py", "test_smoke.py", "test_notebook.py", "test_bad_input.py"]
 
 

@@ -58,3 +58,14 @@ def test_private_library_apis_are_used_in_one_module_only():
         text = open(path, encoding="utf-8").read()
         for private in ("tensorflow_text.python", "tensorflow_text.tools", "_symbolic_build", "keras.src"):
             assert private not in text, (path, private)
+
+
+def test_the_docs_study_tables_are_rendered_from_the_results_csvs():
+    """docs/render.py --check fails when a table in docs/ is not what results/*.csv give (typed by hand,
+    or a CSV changed without rerendering)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "render.py"), "--check"], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr

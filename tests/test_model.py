@@ -144,6 +144,10 @@ def test_layer_wise_rate_decay_scales_each_layers_update(tiny_model):
     assert {factors[variable.path] for variable in top.trainable_variables} == {1.0}
     assert {factors[variable.path] for variable in below.trainable_variables} == {0.5}
     assert factors[encoder.token_embedding.embeddings.path] == 0.5 ** len(blocks)
+    # classifier_encoder_rate scales every encoder variable, the final norm too; the head is not listed (rate 1).
+    scaled = classifier.layer_rate_factors(encoder, 0.5, encoder_rate=0.1)
+    assert scaled == pytest.approx({path: 0.1 * factor for path, factor in factors.items()})
+    assert {scaled[variable.path] for variable in encoder.get_layer("final_norm").trainable_variables} == {0.1}
     # Decay 0 stops the Adam steps below the top block (the decoupled weight decay, 0.01 x the
     # rate, still shrinks their kernels a little); the top block and the head learn.
     sentiment = classifier.SentimentClassifier(classifier_copy(encoder), dropout=0.0, pooling="cls")
@@ -155,7 +159,8 @@ def test_layer_wise_rate_decay_scales_each_layers_update(tiny_model):
     change = {variable.path: np.abs(variable.numpy() - before[variable.path]).max()
               for variable in sentiment.trainable_variables}
     top_paths = {variable.path for variable in sentiment.encoder.get_layer(blocks[-1]).trainable_variables}
-    kept_below = set(factors) - top_paths
+    kept_below = {path for path in classifier.layer_rate_factors(encoder, 0.0) if path not in top_paths
+                  and "final_norm" not in path}
     assert kept_below and max(change[path] for path in kept_below) < 1e-4
     # (Kernels: a key bias gets no gradient, attention being blind to it.)
     assert min(change[path] for path in top_paths if path.endswith("kernel")) > 1e-3

@@ -37,6 +37,25 @@ def test_rerunning_the_whole_pipeline_with_nothing_changed_does_nothing(trained)
     assert manifest(trained, "runs", "tiny")["written_at"] == before["written_at"]
 
 
+def test_a_run_made_before_a_config_key_existed_stays_current(trained_run, tmp_path):
+    """A manifest written by an older version lacks the keys added since (pipeline.ADDED_KEYS); it
+    counts as built with their defaults, which reproduce what that version did."""
+    from imdb_bert import pipeline
+
+    data_dir = copy_data(trained_run, tmp_path, with_runs=True)
+    path = os.path.join(data_dir, "runs", "tiny", "manifest.json")
+    older = manifest(data_dir, "runs", "tiny")
+    for key in pipeline.ADDED_KEYS:
+        older["config"].pop(key, None)
+    with open(path, "w") as out:
+        json.dump(older, out)
+    assert "model_training: up to date" in run_stage(["model_training.py"], data_dir).stdout
+    assert "predicted mask token" in run_stage(["fill_mask.py", "a [MASK] film"], data_dir).stdout
+    # A key whose value changes what is trained still makes the run stale, named in the message.
+    one_line_error(run_stage(["frozen_probe.py"], data_dir, "objective=electra", check=False),
+                   "is stale", "objective 'mlm' but config says 'electra'")
+
+
 def test_force_redoes_an_up_to_date_stage(trained):
     before = manifest(trained, "vocab")
     again = run_stage(["tokeniser_build.py"], trained)

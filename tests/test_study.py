@@ -15,7 +15,7 @@ def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_da
     results, runs = str(tmp_path / "study.csv"), str(tmp_path / "runs")
     # seq64to128 trains on 128-token windows (tiny has 64) after 90% of its time on 64-token ones,
     # and is scored on 64-token dev windows, as a run of tiny's own length would be.
-    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.03", "--seeds", "1", "2",
+    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.03", "--seeds", "1", "2", "--probe-labels", "60",
                         "--score-seq-len", "64", "--results", results, "seq64to128"],
                        data_dir, f"runs_dir={runs}")
     with open(results, newline="") as handle:
@@ -24,6 +24,7 @@ def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_da
     for row in rows:
         assert row["recipe"].startswith("tiny ") and int(row["steps"]) > 0 and row["dev_seq_len"] == "64"
         assert 0.0 <= float(row["dev_masked_accuracy"]) <= 1.0 and float(row["dev_perplexity"]) > 1.0
+        assert 0.0 <= float(row["frozen_probe_dev"]) <= 1.0 and row["frozen_probe_layer"]
         # The variant's settings are recorded with its rows.
         assert row["settings"] == "max_seq_len=128 short_seq_len=64 short_seq_share=0.9"
     assert rows[0]["dev_perplexity"] != rows[1]["dev_perplexity"]   # different seeds train differently
@@ -45,7 +46,7 @@ def test_study_refuses_an_unknown_variant_in_one_line(built_data, tmp_path):
 def test_study_keep_finishes_the_run_for_evaluate(built_data, tmp_path):
     data_dir, _ = built_data
     results, runs = str(tmp_path / "study.csv"), str(tmp_path / "runs")
-    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.02", "--results", results, "--keep",
+    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.02", "--probe-labels", "60", "--results", results, "--keep",
                         "baseline"], data_dir, f"runs_dir={runs}")
     assert "token windows from" not in result.stdout   # one window length: no switch
     run_dir = os.path.join(runs, "study", "baseline-s1")

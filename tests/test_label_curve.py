@@ -1,0 +1,115 @@
+"""label_curve.py and frozen_probe.py on the tiny trained run: the curve's samples, files and report
+section, and the frozen probe's rows; the sampling rules as plain functions."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from conftest import one_line_error, run_stage
+
+
+def test_samples_are_class_balanced_and_nested():
+    from imdb_bert import label_efficiency
+
+    labels = np.array([0] * 700 + [1] * 300)
+    np.random.default_rng(0).shuffle(labels)
+    for seed in (1, 2):
+        previous = set()
+        for count in (10, 101, 300, 600):
+            sample = label_efficiency.balanced_sample(labels, count, seed)
+            assert len(sample) == count == len(set(sample))
+            assert abs(int(labels[sample].sum()) * 2 - count) <= 1          # half of each label
+            assert previous <= set(sample)                                   # smaller samples are part of larger ones
+            previous = set(sample)
+    assert set(label_efficiency.balanced_sample(labels, 100, 1)) != set(label_efficiency.balanced_sample(labels, 100, 2))
+    with pytest.raises(ValueError, match="label 1"):
+        label_efficiency.balanced_sample(labels, 700, 1)   # 350 positives wanted, 300 there
+    assert list(label_efficiency.balanced_sample(labels, "all", 1)) == list(range(1000))
+
+
+def test_small_samples_get_more_passes_and_counts_parse():
+    from imdb_bert import label_efficiency
+
+    schedules = {count: label_efficiency.schedule_for(count, min_epochs=1) for count in (100, 300, 1000, 3000, 20000)}
+    passes = {count: s.repeats * s.epochs for count, s in schedules.items()}
+    assert passes[100] > passes[300] > passes[1000] > passes[3000] >= passes[20000] == 1
+    assert all(s.repeats * count >= 250 for count, s in schedules.items())
+    assert label_efficiency.schedule_for(20000, min_epochs=2).epochs == 2
+    assert label_efficiency.parse_counts("300, all,100") == [100, 300, "all"]
+    with pytest.raises(ValueError, match="got 'ten'"):
+        label_efficiency.parse_counts("100,ten")
+
+
+@pytest.fixture(scope="module")
+def curve(trained_run):
+    data_dir, _ = trained_run
+    result = run_stage(["label_curve.py", "--labels", "40,all", "--seeds", "1"], data_dir)
+    return data_dir, os.path.join(data_dir, "runs", "tiny"), result
+
+
+def test_label_curve_writes_its_csv_plot_and_report_section(curve):
+    data_dir, run_dir, result = curve
+    folder = os.path.join(run_dir, "label_curve")
+    with open(os.path.join(folder, "label_curve.csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted({(row["labels"], row["model"]) for row in rows}) == sorted(
+        (count, model) for count in ("40", "all") for model in ("pretrained", "scratch", "bag_of_words"))
+    held_out = sum(1 for line in result.stdout.splitlines() if line.startswith("label_curve: ") and ": held-out " in line)
+    assert held_out == 6                                                       # a progress line per point
+    for row in rows:
+        assert row["scored_on"] == "held-out" and 0.0 <= float(row["accuracy"]) <= 1.0
+        assert 1 <= int(row["epoch_picked"]) <= int(row["epochs"])
+    assert {row["train_reviews"] for row in rows if row["labels"] == "40"} == {"40"}
+    with open(os.path.join(folder, "label_curve.png"), "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.isfile(os.path.join(folder, "manifest.json"))
+    report = open(os.path.join(run_dir, "report.md")).read()
+    assert report.count("## Sentiment against the number of labels") == 1
+    assert "![held-out accuracy against labels](label_curve/label_curve.png)" in report
+    assert "# Run `tiny`" in report                                             # the rest of the report is kept
+    again = run_stage(["label_curve.py", "--labels", "40,all", "--seeds", "1"], data_dir)
+    assert "label_curve: up to date" in again.stdout
+
+
+def test_label_curve_samples_come_from_the_training_split_only(curve):
+    from imdb_bert import classifier, corpus, label_efficiency
+
+    data_dir, _, _ = curve
+    prepared = os.path.join(data_dir, "prepared")
+    reviews = classifier.labelled_reviews(prepared, "train")
+    labels = label_efficiency.labels_of(reviews)
+    texts = [text.decode() for text, _ in label_efficiency.select(reviews, label_efficiency.balanced_sample(labels, 40, 42),
+                                                             len(labels)).as_numpy_iterator()]
+    assert len(texts) == 40
+    held_out, dev = (set(corpus.split_texts(prepared, split)) for split in ("validation", "dev"))
+    assert set(texts) <= set(corpus.split_texts(prepared, "train")) and not set(texts) & (held_out | dev)
+    # The dev reviews that pick the epoch are a class-balanced sample (the splits are stored grouped by
+    # label), and --dev-only scores the others.
+    picking, others = label_efficiency.balanced_part(classifier.labelled_reviews(prepared, "dev"), 20)
+    picking, others = list(picking.as_numpy_iterator()), list(others.as_numpy_iterator())
+    assert sorted(int(label) for _, label in picking) == [0] * 10 + [1] * 10
+    assert not {text for text, _ in picking} & {text for text, _ in others}
+    assert len(picking) + len(others) == len(label_efficiency.labels_of(classifier.labelled_reviews(prepared, "dev")))
+
+
+def test_label_curve_refuses_bad_counts(trained_run):
+    data_dir, _ = trained_run
+    one_line_error(run_stage(["label_curve.py", "--labels", "100,many"], data_dir, check=False), "--labels", "'many'")
+
+
+def test_frozen_probe_scores_every_layer_of_both_encoders(trained_run):
+    data_dir, _ = trained_run
+    result = run_stage(["frozen_probe.py", "--labels", "60"], data_dir)
+    path = os.path.join(data_dir, "runs", "frozen_probe.csv")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    os.remove(path)   # the runs folder is shared with the other stage tests
+    assert [row["encoder"] for row in rows] == ["pretrained", "random init"]
+    for row in rows:
+        layers = dict(part.split("=") for part in row["dev_accuracy_per_layer"].split())
+        assert list(layers) == ["position_embedding", "block_0", "block_1", "final_norm"]   # the tiny preset: 2 pre-LN blocks
+        assert all(0.0 <= float(value) <= 1.0 for value in layers.values())
+        assert float(row["best_dev_accuracy"]) == max(float(value) for value in layers.values())
+    assert result.stdout.count("frozen_probe: pretrained") == 4
