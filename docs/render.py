@@ -42,6 +42,22 @@ def study_table(rows: list[dict]) -> str:
     return study.table_of(rows)
 
 
+def label_screen_table(rows: list[dict]) -> str:
+    """label_curve.py --dev-only rows: dev accuracy per run, fine-tuning settings, model and label count
+    (mean over seeds and their range)."""
+    settings = ("classifier_learning_rate", "classifier_encoder_rate", "classifier_layer_decay")
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        key = (row["run"], *(row.get(name, "") for name in settings), row["model"], row["labels"])
+        groups.setdefault(key, []).append(float(row["accuracy"]))
+    lines = ["| run | learning rate | encoder rate | layer decay | model | labels | seeds | dev accuracy (mean) | min–max |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (run, rate, encoder_rate, decay, model, labels), values in groups.items():
+        lines.append(f"| {run} | {rate} | {encoder_rate} | {decay} | {model} | {labels} | {len(values)} | "
+                     f"{sum(values) / len(values):.4f} | {min(values):.4f}–{max(values):.4f} |")
+    return "\n".join(lines)
+
+
 def rows_table(rows: list[dict]) -> str:
     """Every column of every row, as it is in the CSV."""
     header = list(rows[0]) if rows else []
@@ -49,8 +65,8 @@ def rows_table(rows: list[dict]) -> str:
                      + ["| " + " | ".join(row[key] for key in header) + " |" for row in rows])
 
 
-RENDERERS = {"label_curve": label_curve_table, "frozen_probe": frozen_probe_table, "study": study_table,
-             "rows": rows_table}
+RENDERERS = {"label_curve": label_curve_table, "label_screen": label_screen_table, "frozen_probe": frozen_probe_table,
+             "study": study_table, "rows": rows_table}
 
 
 def render_block(kind: str, path: str, filters: str) -> str:

@@ -165,10 +165,12 @@ def select(reviews, indices: np.ndarray, total: int):
 
 
 def balanced_part(reviews, count: int, seed: int = 0):
-    """(a class-balanced sample of `count` of the (text, label) `reviews`, the others), both cached. The
-    splits are stored grouped by label, so their first reviews are no sample."""
+    """(a class-balanced sample of `count` of the (text, label) `reviews` — fewer if one label has fewer
+    than half of them —, the others), both cached. The splits are stored grouped by label, so their
+    first reviews are no sample."""
     labels = labels_of(reviews)
-    chosen = balanced_sample(labels, min(count, len(labels)), seed)
+    smaller_class = min(int(np.sum(labels == 0)), int(np.sum(labels == 1)))
+    chosen = balanced_sample(labels, min(count, 2 * smaller_class), seed)
     others = np.setdiff1d(np.arange(len(labels)), chosen)
     return select(reviews, chosen, len(labels)).cache(), select(reviews, others, len(labels)).cache()
 
