@@ -35,8 +35,7 @@ def main():
         "dev-only": "score on the dev split only and append a row to <runs_dir>/fine_tune_study.csv (for choosing settings)"})
     compare = options.compare_scratch
     prepared_manifest = pipeline.current_prepared(config)
-    run_manifest = pipeline.read_current(config.run_dir, "model_training", config, pipeline.training_keys(config),
-                                         pipeline.training_identity(config)["inputs"])
+    run_manifest = pipeline.current_run(config)
     identity = pipeline.stage_identity(config, pipeline.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
     identity["config"]["compare_scratch"] = compare   # a comparison run has more to show
     folder = artifacts.classifier_dir(config.run_dir)

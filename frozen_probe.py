@@ -21,9 +21,7 @@ def main():
         "labels": ("labelled training reviews the logistic regression is fitted on", "2000")})
     if not options.labels.isdigit() or int(options.labels) < 2:
         raise config_module.ConfigError(f"--labels takes a number of at least 2, got {options.labels!r}")
-    pipeline.current_prepared(config)
-    run_manifest = pipeline.read_current(config.run_dir, "model_training", config, pipeline.training_keys(config),
-                                         pipeline.training_identity(config)["inputs"])
+    run_manifest = pipeline.current_run(config)
 
     import keras
 

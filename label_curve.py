@@ -45,9 +45,7 @@ def main():
             raise ValueError(f"--models takes some of {', '.join(label_efficiency.MODELS)}; got {options.models!r}")
     except ValueError as error:
         raise config_module.ConfigError(str(error)) from None
-    pipeline.current_prepared(config)
-    run_manifest = pipeline.read_current(config.run_dir, "model_training", config, pipeline.training_keys(config),
-                                         pipeline.training_identity(config)["inputs"])
+    run_manifest = pipeline.current_run(config)
     plan = label_efficiency.CurvePlan(counts=tuple(counts), seeds=tuple(config.seed + index for index in range(seeds)),
                                  models=models, dev_only=options.dev_only, max_windows=windows,
                                  **{key: getattr(config, key) for key in label_efficiency.PLAN_KEYS})

@@ -170,6 +170,13 @@ def training_identity(config) -> dict:
     return stage_identity(config, training_keys(config), dict(inputs, model_format=str(MODEL_FORMAT)))
 
 
+def current_run(config) -> dict:
+    """The manifest of the config's finished training run, refused in one line (StageError) if it, or
+    the prepared data and vocabulary it was trained on, is missing or stale for `config`."""
+    return read_current(config.run_dir, "model_training", config, training_keys(config),
+                        training_identity(config)["inputs"])
+
+
 def read_run(run_dir: str) -> dict:
     """The manifest of a finished training run, refused in one line if it is missing or was saved
     in an older model format than this code reads."""
