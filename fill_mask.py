@@ -12,7 +12,7 @@ import json
 import sys
 
 import config as config_module
-from imdb_bert import artifacts, pipeline, probe
+from imdb_bert import artifacts, pipeline
 
 
 def main():
@@ -28,6 +28,8 @@ def main():
         raise artifacts.StageError(f"--top-k must be a positive number of fills, got {args.top_k}")
     sentences = artifacts.texts_from_command_line(args.sentences, args.file, "sentence")
     run_dir = args.run or config_module.config_from_args(args).run_dir
+    pipeline.read_run(run_dir)   # a missing, old or damaged folder is refused before TensorFlow is imported
+    from imdb_bert import probe
 
     model, tokenizer, tokens, run_config = probe.load_run(run_dir)
     top_k = run_config["top_k"] if args.top_k is None else args.top_k

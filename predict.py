@@ -30,11 +30,13 @@ def main():
                                         artifacts.SENTIMENT_EXPORT)
     try:
         with open(os.path.join(folder, "export.json"), encoding="utf-8") as handle:
-            signature = json.load(handle)["signature"]
+            info = json.load(handle)
+        signature = info["signature"]
     except (OSError, ValueError, KeyError):
         raise artifacts.StageError(f"{folder} is not a finished export (export.json missing or unreadable): run "
                                    f"{pipeline.COMMANDS['classifier_training']} (sentiment) or "
                                    f"{pipeline.COMMANDS['model_training']} (fill_mask_export), or pass --export FOLDER") from None
+    artifacts.check_files(folder, info, pipeline.rerun("model_training" if signature == "fill_mask" else "classifier_training"))
 
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer's ops the export uses)

@@ -135,10 +135,10 @@ def append_row(path: str, row: dict) -> None:
         writer.writerow(row)
 
 
-def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
-    """Write `folder/manifest.json`: the stage, its identity, the given fields, and every file
-    in `folder` with its size plus a fingerprint (hash) of all of them."""
-    files = {}
+def file_digests(folder: str) -> dict:
+    """Every file under `folder` (but a manifest and report.md): `files` (name -> size), `file_sha256` (name ->
+    content hash) and `fingerprint` (a hash of all of them), as a manifest records them."""
+    files, hashes = {}, {}
     digest = hashlib.sha256()
     for root, _, names in sorted(os.walk(folder)):
         for name in sorted(names):
@@ -146,24 +146,66 @@ def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
             relative = os.path.relpath(path, folder)
             if relative in (MANIFEST, REPORT):
                 continue
-            files[relative] = os.path.getsize(path)
-            digest.update(f"{relative}\0{file_sha256(path)}\0".encode())
+            files[relative], hashes[relative] = os.path.getsize(path), file_sha256(path)
+            digest.update(f"{relative}\0{hashes[relative]}\0".encode())
+    return {"fingerprint": digest.hexdigest()[:16], "files": files, "file_sha256": hashes}
+
+
+def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
+    """Write `folder/manifest.json`: the stage, its identity, the given fields, and every file
+    in `folder` with its size and content hash, plus a fingerprint (hash) of all of them."""
+    digests = file_digests(folder)
     manifest = {"stage": stage, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **identity,
-                "fingerprint": digest.hexdigest()[:16], **fields, "files": files}
+                "fingerprint": digests["fingerprint"], **fields, "files": digests["files"], "file_sha256": digests["file_sha256"]}
     write_json(os.path.join(folder, MANIFEST), manifest)
     return manifest
 
 
-def read_manifest(folder: str, missing_hint: str) -> dict:
-    """The manifest of a finished stage output, or StageError saying which stage to run."""
+def damage(folder: str, manifest: dict) -> str | None:
+    """What is wrong with the files of `folder` against the `manifest` written with them — the first file
+    missing, of another size, or with other contents — or None when all are as written. A manifest
+    written before per-file hashes were recorded is checked against its fingerprint of all files."""
+    for name, size in manifest.get("files", {}).items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        found = os.path.getsize(path)
+        if found != size:
+            return f"{name} is {'shorter' if found < size else 'longer'} than written ({found:,} bytes, not {size:,})"
+    hashes = manifest.get("file_sha256")
+    if hashes is None:
+        if "files" not in manifest:
+            return None   # download.sh's manifest records the archive's hash, not each file's
+        digest = hashlib.sha256()
+        for name in manifest["files"]:
+            digest.update(f"{name}\0{file_sha256(os.path.join(folder, name))}\0".encode())
+        return None if digest.hexdigest()[:16] == manifest.get("fingerprint") else "a file changed since it was written"
+    for name, expected in hashes.items():
+        if file_sha256(os.path.join(folder, name)) != expected:
+            return f"{name} changed since it was written (same size, other contents)"
+    return None
+
+
+def check_files(folder: str, manifest: dict, remedy: str) -> None:
+    """StageError naming the damaged file of `folder` (see `damage`) and `remedy`; nothing if intact."""
+    problem = damage(folder, manifest)
+    if problem:
+        raise StageError(f"{folder} is damaged: {problem} — copy it again from where it came, or {remedy}")
+
+
+def read_manifest(folder: str, missing_hint: str, damaged_hint: str | None = None) -> dict:
+    """The manifest of a finished stage output whose files are all as written, or StageError saying
+    which stage to run (`missing_hint`) or which file is damaged (and `damaged_hint`, by default the same)."""
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
         raise StageError(f"{folder} has no finished output ({MANIFEST} missing): {missing_hint}")
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            manifest = json.load(handle)
     except (OSError, json.JSONDecodeError) as error:
         raise StageError(f"{path} is unreadable ({error}): {missing_hint}") from None
+    check_files(folder, manifest, damaged_hint or missing_hint)
+    return manifest
 
 
 def file_sha256(path: str) -> str:

@@ -21,7 +21,7 @@ import os
 import keras
 import tensorflow as tf
 
-from imdb_bert import inputs, probe, vocab
+from imdb_bert import artifacts, inputs, probe, vocab
 
 EXPORT_INFO = "export.json"
 
@@ -60,7 +60,10 @@ class ClassifyExport(tf.Module):
 
 
 def save(module: tf.Module, signature: str, folder: str, **info) -> None:
-    """Write `module` as a SavedModel serving `signature`, plus export.json describing it."""
+    """Write `module` as a SavedModel serving `signature`, plus export.json describing it and listing
+    its files with their sizes and hashes (an export travels alone, so it carries its own check)."""
     tf.saved_model.save(module, folder, signatures={signature: getattr(module, signature)})
+    files = artifacts.file_digests(folder)
     with open(os.path.join(folder, EXPORT_INFO), "w", encoding="utf-8") as handle:
-        json.dump({"signature": signature, **info}, handle, indent=2)
+        json.dump({"signature": signature, **info, "files": files["files"], "file_sha256": files["file_sha256"]},
+                  handle, indent=2)

@@ -86,7 +86,7 @@ def built_with(manifest: dict, identity: dict) -> bool:
 
 def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
     """True (after saying so) when `force` is off and `folder` was built with exactly `identity`
-    and still has all its files with their recorded sizes; else False (the stage must run)."""
+    and all its files are as written; else False (the stage must run, and rebuilds a damaged folder)."""
     if force:
         return False
     try:
@@ -94,12 +94,8 @@ def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> 
             manifest = json.load(handle)
     except (OSError, json.JSONDecodeError):
         return False
-    if not built_with(manifest, identity):
+    if not built_with(manifest, identity) or artifacts.damage(folder, manifest):
         return False
-    for name, size in manifest.get("files", {}).items():
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path) or os.path.getsize(path) != size:
-            return False
     print(f"{stage}: up to date — {folder} was built from the same inputs and config (--force redoes it)")
     return True
 
@@ -107,8 +103,13 @@ def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> 
 def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict[str, str] | None = None) -> dict:
     """The manifest of upstream `stage`'s output, refusing if it is missing, was built for other
     values of `keys` than `config` has, or from other inputs than `input_fingerprints`."""
-    manifest = artifacts.read_manifest(folder, f"run: {COMMANDS[stage]}")
+    manifest = artifacts.read_manifest(folder, f"run: {COMMANDS[stage]}", rerun(stage))
     wanted = stage_identity(config, keys, {})["config"]
+    newer = {key: wanted[key] for key in keys if key not in built_config(manifest)}
+    if newer:
+        raise StageError(f"{folder} is stale: it was made before the config key(s) {', '.join(newer)} existed, whose "
+                         f"value(s) here ({', '.join(f'{key}={value!r}' for key, value in newer.items())}) change what "
+                         f"it builds: {rerun(stage)}")
     built = {key: built_config(manifest).get(key) for key in keys}
     if built != wanted:
         raise StageError(f"{folder} is stale: it was built for {changed_values(built, wanted).replace('->', 'but config says')}"
@@ -180,7 +181,8 @@ def current_run(config) -> dict:
 def read_run(run_dir: str) -> dict:
     """The manifest of a finished training run, refused in one line if it is missing or was saved
     in an older model format than this code reads."""
-    manifest = artifacts.read_manifest(run_dir, f"run: {COMMANDS['model_training']} (or pass --run FOLDER)")
+    manifest = artifacts.read_manifest(run_dir, f"run: {COMMANDS['model_training']} (or pass --run FOLDER)",
+                                       f"{rerun('model_training')} to train it again")
     found = manifest.get("inputs", {}).get("model_format", "1")
     if found != str(MODEL_FORMAT):
         raise StageError(f"{run_dir} was saved by an older imdb-bert (model format {found}, this code reads "

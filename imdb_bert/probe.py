@@ -129,7 +129,8 @@ def load_model(path: str) -> keras.Model:
 
 
 def load_run(run_dir: str):
-    """(model, tokenizer, tokens, run config dict) of a finished training run folder."""
+    """(model, tokenizer, tokens, run config dict) of a finished training run folder, checked against its
+    manifest first."""
     from imdb_bert import pipeline, vocab
 
     pipeline.read_run(run_dir)

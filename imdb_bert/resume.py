@@ -3,9 +3,9 @@
 A run trains in `<run_dir>.inprogress/`, next to where the finished run folder will appear. It holds
 `identity.json` (the config and inputs the run is for), `history.csv`, `best.keras` (Keras'
 `ModelCheckpoint`, best validation loss) and the training state: `state.json` naming a
-`state-<step>.weights.h5` file with the model and optimizer weights and the epoch and step it was
-saved at. A new weights file is complete before `state.json` points at it, so a kill at any moment
-leaves the previous state usable.
+`state-<step>.weights.h5` file with the model and optimizer weights, its size, and the epoch and step
+it was saved at, and the state before it. A new weights file is complete before `state.json` points
+at it, so a kill at any moment leaves the previous state usable.
 
 Keras' `BackupAndRestore` was the first choice. In Keras 3.15 it can save every N steps and keep a
 second copy (`double_checkpoint=True`), so a kill during a write loses nothing; but on restore it
@@ -68,18 +68,37 @@ def open_work_dir(folder: str, identity: dict, force: bool) -> dict | None:
 
 
 def read_state(folder: str) -> dict | None:
-    """The last saved training state in `folder`, or None if it has none yet."""
+    """The last intact training state in `folder` — the newest checkpoint, or the one before it if the
+    newest is missing or cut short (a kill or a bad copy) — or None if the run has saved none yet.
+    A state file that names no intact checkpoint is refused in one line."""
     try:
         with open(os.path.join(folder, STATE), encoding="utf-8") as handle:
-            return json.load(handle)
+            state = json.load(handle)
     except (OSError, json.JSONDecodeError):
         return None
+    problems = []
+    for candidate in (state, state.get("previous")):
+        if not candidate:
+            continue
+        path = os.path.join(folder, candidate["weights"])
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size is not None and size == candidate.get("weights_bytes", size):
+            if candidate is not state:
+                print(f"model_training: {problems[0]}; resuming from the checkpoint before it", flush=True)
+            return {key: value for key, value in candidate.items() if key != "previous"}
+        problems.append(f"checkpoint {candidate['weights']} is " + (
+            "missing" if size is None else f"cut short ({size:,} of {candidate['weights_bytes']:,} bytes)"))
+    raise artifacts.StageError(f"{folder} cannot be resumed: {' and '.join(problems)} — add --force to start over")
 
 
 def restore(model: keras.Model, folder: str, state: dict) -> None:
     """Load the model and optimizer weights of `state` into a built, compiled `model`."""
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(os.path.join(folder, state["weights"]))
+    try:
+        model.load_weights(os.path.join(folder, state["weights"]))
+    except (OSError, ValueError) as error:
+        raise artifacts.StageError(f"{folder} cannot be resumed: checkpoint {state['weights']} is unreadable "
+                                   f"({str(error).splitlines()[0][:120]}) — add --force to start over") from None
     restored = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if restored != state["global_step"]:
         raise artifacts.StageError(f"the checkpoint in {folder} is inconsistent (optimizer at step {restored}, "
@@ -174,11 +193,21 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.step = 0
 
     def _save(self, epoch: int, step: int) -> None:
+        # The checkpoint before the newest one is kept, and named in state.json, so a newest one cut
+        # short (a kill mid-write, a bad copy of the folder) still leaves a state to resume from.
         global_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         name = f"state-{global_step:09d}.weights.h5"
-        self.model.save_weights(os.path.join(self.folder, name))
-        artifacts.write_json(os.path.join(self.folder, STATE), {"epoch": epoch, "step": step, "global_step": global_step,
-                                                                "weights": name, **self.extra_state()})
+        path = os.path.join(self.folder, name)
+        self.model.save_weights(path)
+        try:
+            previous = read_state(self.folder)
+        except artifacts.StageError:
+            previous = None
+        state = {"epoch": epoch, "step": step, "global_step": global_step, "weights": name,
+                 "weights_bytes": os.path.getsize(path), **self.extra_state()}
+        if previous and previous["weights"] != name:
+            state["previous"] = previous
+        artifacts.write_json(os.path.join(self.folder, STATE), state)
         for old in glob.glob(os.path.join(self.folder, "state-*.weights.h5")):
-            if os.path.basename(old) != name:
+            if os.path.basename(old) not in (name, (previous or {}).get("weights")):
                 os.remove(old)
