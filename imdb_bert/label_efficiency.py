@@ -161,7 +161,13 @@ def select(reviews, indices: np.ndarray, total: int):
     chosen = np.zeros(total, dtype=bool)
     chosen[indices] = True
     keep = tf.constant(chosen)
-    return reviews.enumerate().filter(lambda index, review: keep[index]).map(lambda index, review: review)
+    def kept(index, review):
+        return keep[index]
+
+    def without_index(index, review):
+        return review
+
+    return reviews.enumerate().filter(kept).map(without_index)
 
 
 def balanced_part(reviews, count: int, seed: int = 0):
