@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 # (pytest.ini), so starting these first lets the two finish together instead of one waiting on
 # the last slow file. Files not listed follow, in their usual order.
 SLOWEST_FILES = ["test_reruns.py", "test_distribute.py", "test_study.py", "test_classifier.py", "test_label_curve.py",
-                 "test_evaluation.py", "test_electra.py",
+                 "test_evaluation.py", "test_electra.py", "test_damaged_runs.py", "test_hf_export.py",
                  "test_precision.py", "test_smoke.py", "test_notebook.py", "test_bad_input.py"]
 
 
