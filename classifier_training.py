@@ -18,7 +18,7 @@ metrics show what pretraining buys.
 --dev-only is for choosing the classifier_* settings: it fine-tunes the pretrained encoder, picks
 the epoch on the dev split, appends one row (the settings, dev accuracy per epoch, time) to
 <runs_dir>/fine_tune_study.csv and stops. It never reads the held-out reviews and writes no folder.
-(results/fine_tune_study.csv is the README's study, copied from there.)
+(results/fine_tune_study.csv is the fine-tuning study of docs/fine-tuning.md.)
 """
 
 import json

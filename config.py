@@ -185,7 +185,7 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The original's shape and schedule. Two departures, both measured (benchmark.py, README):
+    # The original's shape and schedule. Two departures, both measured (benchmark.py, docs/throughput.md):
     # dropout 0 (0.1 cost 15% of the step; masked-LM pretraining on fresh masks each epoch does
     # not overfit in 10 epochs) and mixed_precision auto (float32 on a GPU unless you ask for
     # mixed_float16; bf16 on CPUs that have it, 1.4x faster there).
@@ -198,11 +198,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 classifier_learning_rate=1e-4),
     # Training is limited by time, not steps, so the whole pipeline stays under 20 minutes on any
     # 2-core CPU (the other stages and the final evaluation take ~6 of them on a slow one); the
-    # steps 12 minutes buy depend on the CPU (README, Presets). The recipe study (study.py, README)
+    # steps 12 minutes buy depend on the CPU (docs/throughput.md). The recipe study (study.py, docs/study.md)
     # chose, on the dev split at equal time: 64-token windows and batch 32 (a quarter of the tokens of
     # a 128 x 64 step, so more steps; peak rate scaled by sqrt(batch)), 30% masking, linear decay to
     # zero. 8 windows of 64 read as much of a review in fine-tuning as the 4 windows of 128 did; one
-    # fine-tuning epoch, because the fine-tuning study (README) found the second one adds nothing on dev.
+    # fine-tuning epoch, because the fine-tuning study (docs/fine-tuning.md) found the second one adds nothing on dev.
     "cpu": dict(train_minutes=12.0, max_seq_len=64, batch_size=32, learning_rate=1.41e-3, mask_rate=0.3,
                 lr_schedule="linear", classifier_max_windows=8, classifier_epochs=1),
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,

@@ -30,7 +30,7 @@ def cluster_task() -> tuple[int, bool]:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise StageError("strategy=multi_worker needs the TF_CONFIG environment variable (the cluster's "
-                         "worker addresses and this process's task): see README, 'Several machines'")
+                         "worker addresses and this process's task): see docs/devices.md, 'Several machines'")
     try:
         tf_config = json.loads(raw)
         cluster, task_type, index = tf_config["cluster"], tf_config["task"]["type"], int(tf_config["task"]["index"])

@@ -1,7 +1,7 @@
 """report.md: the page a person reads first in a run folder, and the side-by-side table of runs.
 
 The report puts a run's held-out numbers next to what a healthy run of its preset reaches (measured
-by us, README "Is my run normal?") and next to the published anchors, then lists the probe's fills
+by us, docs/evaluation.md) and next to the published anchors, then lists the probe's fills
 per epoch and shows the curves.
 """
 
@@ -11,7 +11,7 @@ import os
 
 from imdb_bert.artifacts import REPORT
 
-# What runs of each preset reached, measured by us (README "How good is a run?" gives the commands).
+# What runs of each preset reached, measured by us (docs/evaluation.md gives the commands).
 # A time-limited preset buys a different number of steps on every CPU, so each reference says its
 # steps; a run is judged against the reference of its own window length and batch nearest to its
 # own step count (a step of another shape is a different amount of training).
