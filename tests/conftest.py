@@ -26,7 +26,31 @@ SLOWEST_FILES = ["test_reruns.py", "test_distribute.py", "test_study.py", "test_
                  "test_precision.py", "test_smoke.py", "test_notebook.py", "test_bad_input.py"]
 
 
+# A test is `slow` (left out by `pytest -m "not slow"`, the contributors' inner loop) when it runs a
+# stage script or any other subprocess, or needs the data or run those build; tests that train for
+# long in process carry @pytest.mark.slow themselves.
+SLOW_FIXTURES = {"built_data", "trained_run", "trained", "runs", "uninterrupted"}
+SLOW_CALLS = ("run_stage(", "subprocess.", "evaluate(", "run_study(", "what_transformers_makes_of(",
+              "download_and_prepare(")
+
+
+def is_slow(item) -> bool:
+    import inspect
+
+    if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError, AttributeError):
+        return False
+    return any(call in source for call in SLOW_CALLS)
+
+
 def pytest_collection_modifyitems(items):
+    for item in items:
+        if is_slow(item):
+            item.add_marker(pytest.mark.slow)
+
     def rank(item):
         name = os.path.basename(str(item.fspath))
         return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
@@ -133,6 +157,21 @@ def copy_data(built_data, destination, with_runs: bool = False) -> str:
     data_dir = os.path.join(str(destination), "data")
     shutil.copytree(built_data[0], data_dir, ignore=None if with_runs else shutil.ignore_patterns("runs"))
     return data_dir
+
+
+def rerecord_manifest(folder: str) -> None:
+    """Make `folder`'s manifest list its files as they are now, as if its stage had written them so
+    (for tests that build a case by editing a finished folder, which the check on read would otherwise
+    report as damaged)."""
+    import json
+
+    from imdb_bert import artifacts
+
+    path = os.path.join(folder, artifacts.MANIFEST)
+    with open(path, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    manifest.update(artifacts.file_digests(folder))
+    artifacts.write_json(path, manifest)
 
 
 @pytest.fixture(scope="session")

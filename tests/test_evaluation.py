@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import config
-from conftest import ROOT, copy_data, masked_lm_for, one_line_error, run_stage, stage_environment
+from conftest import ROOT, copy_data, masked_lm_for, one_line_error, rerecord_manifest, run_stage, stage_environment
 from imdb_bert import corpus, evaluation, report, vocab
 
 
@@ -73,19 +73,33 @@ def test_evaluate_matches_training_and_a_random_model_scores_near_zero(evaluated
 def test_report_md_reads_on_its_own(evaluated):
     _, run_dir, _, _ = evaluated
     report = open(os.path.join(run_dir, "report.md")).read()
-    for part in ["# Run `tiny`", "fixed protocol", "word-level cloze top-5", "healthy runs of this preset",
+    for part in ["# Run `tiny`", "fixed protocol", "word-level cloze top-5", "recorded runs of this preset and shape",
                  "0.977", "0.844", "## Probe per epoch", "- epoch 3:", "curves.png"]:
         assert part in report, part
     manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
     assert "report.md" not in manifest["files"]   # rewriting it never makes the run look changed
 
 
-def test_a_run_is_judged_against_references_of_its_own_window_and_batch():
+def test_a_run_is_compared_with_the_recorded_runs_of_its_shape_at_its_own_step_count():
+    references = report.read_references()   # results/references.csv
     cpu = config.make_config("cpu", {})
     shape = {"max_seq_len": cpu.max_seq_len, "batch_size": cpu.batch_size}
-    chosen = report.nearest_reference("cpu", 3000, shape)
-    assert chosen and all(chosen.get(key, value) == value for key, value in shape.items())
-    assert report.nearest_reference("cpu", 3000, {"max_seq_len": 48, "batch_size": 7}) == {}
+    recorded = report.references_for(references, "cpu", shape)
+    assert recorded and not report.references_for(references, "cpu", {"max_seq_len": 48, "batch_size": 7})
+    steps = sorted(int(row["optimizer_steps"]) for row in recorded)
+    # At a recorded step count: the range of the runs within 10% of it.
+    low, high, how = report.expected_at(recorded, "masked_accuracy", steps[0])
+    assert low <= high and "within 10% of its steps" in how
+    # Between recorded runs: interpolated in log steps, between the two neighbours' values.
+    gap = max(zip(steps, steps[1:]), key=lambda pair: pair[1] / pair[0])
+    middle = int((gap[0] * gap[1]) ** 0.5)
+    value, same, how = report.expected_at(recorded, "masked_accuracy", middle)
+    neighbours = [float(row["masked_accuracy"]) for row in recorded if int(row["optimizer_steps"]) in gap]
+    assert value == same and min(neighbours) <= value <= max(neighbours) and "interpolated" in how
+    # Outside what was recorded: no comparison, and the report says so.
+    assert report.expected_at(recorded, "masked_accuracy", steps[-1] * 3) is None
+    text = report.render("r", "cpu", {"optimizer_steps": steps[-1] * 3, "masked_accuracy": 0.5}, shape, [], False)
+    assert "outside what was recorded" in text
 
 
 def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path):
@@ -115,6 +129,7 @@ def test_a_run_whose_prepared_data_changed_is_one_line(evaluated, tmp_path):
     settings = json.load(open(settings_path))
     settings["data_dir"] = copied
     json.dump(settings, open(settings_path, "w"))
+    rerecord_manifest(os.path.join(copied, "runs", "tiny"))   # as if trained here
     run_stage(["data_prep.py", "--force"], copied, "split_seed=7")
     result = evaluate(os.path.join(copied, "runs", "tiny"), check=False)
     one_line_error(result, "was trained on other prepared data", "rerun python model_training.py")

@@ -151,6 +151,7 @@ def take_batches(data, count):
             for features, labels, _ in data.take(count)]
 
 
+@pytest.mark.slow
 def test_the_training_stream_is_fixed_by_its_seed_and_resumes_where_it_stopped(windows, tokens):
     settings = config.make_config("tiny")
     masker = masker_for(settings, len(tokens))

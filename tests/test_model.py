@@ -134,6 +134,7 @@ def test_a_classifier_head_goes_on_the_same_encoder_object(tiny_model):
     assert shared <= {id(weight) for weight in sentiment.weights}
 
 
+@pytest.mark.slow
 def test_layer_wise_rate_decay_scales_each_layers_update(tiny_model):
     from imdb_bert import classifier
 
@@ -224,6 +225,7 @@ def test_an_encoder_without_biases_has_none():
     assert predict(masked_lm, [3, 9, 2, 4], [2]).shape == (1, 1, VOCAB)
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_training_and_decays_the_rate_to_zero_over_the_time():
     settings = config.make_config("tiny", {"train_minutes": "0.05", "lr_schedule": "linear", "warmup_steps": "2"})
     masked_lm = masked_lm_for(settings, VOCAB, total_steps=10)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT, make_archive
+
+pytestmark = pytest.mark.slow   # runs the four stages from the notebook's cells
 
 
 def cell_text(cell) -> str:
