@@ -7,32 +7,16 @@ per epoch and shows the curves.
 
 from __future__ import annotations
 
+import math
 import os
 
 from imdb_bert.artifacts import REPORT
 
-# What runs of each preset reached, measured by us (docs/evaluation.md gives the commands).
-# A time-limited preset buys a different number of steps on every CPU, so each reference says its
-# steps; a run is judged against the reference of its own window length and batch nearest to its
-# own step count (a step of another shape is a different amount of training).
-REFERENCES = {
-    "cpu": [
-        {"what": "5 fresh-clone runs of earlier sessions (bf16 CPU) and 1 on an AVX2-only CPU (fp32), 3,000 steps; "
-                 "perplexity and cloze of the last one only",
-         "max_seq_len": 128, "batch_size": 64, "optimizer_steps": 3000, "masked_accuracy": (0.2451, 0.2587), "perplexity": (105.4, 105.4),
-         "cloze_top1": (0.2833, 0.2833), "cloze_top5": (0.528, 0.528)},
-        {"what": "1 fresh-clone run, 14 minutes on an AVX2-only 2-core CPU (noise not measured yet)",
-         "max_seq_len": 128, "batch_size": 64, "optimizer_steps": 1033, "masked_accuracy": (0.1151, 0.1151), "perplexity": (423.9, 423.9),
-         "cloze_top1": (0.0787, 0.0787), "cloze_top5": (0.2163, 0.2163)},
-        {"what": "2 seeds of the recipe study's confirmation, 12 minutes on an AVX2-only 2-core CPU (fp32)",
-         "max_seq_len": 64, "batch_size": 32, "optimizer_steps": 2880, "masked_accuracy": (0.1928, 0.1980),
-         "perplexity": (206.7, 220.4), "cloze_top1": (0.1783, 0.2020), "cloze_top5": (0.374, 0.400)},
-    ],
-    "tiny": [
-        {"what": "the tests' tiny preset on 400 reviews (says only that the code runs)", "optimizer_steps": 447,
-         "masked_accuracy": (0.02, 0.06), "cloze_top5": (0.05, 0.5)},
-    ],
-}
+# Runs we measured, as data: preset, window length and batch, machine, optimizer steps, held-out figures.
+# A time-limited preset buys a different number of steps on every CPU, so a run is compared with the
+# recorded runs of its preset and shape at its own step count.
+REFERENCES_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "references.csv")
+SAME_STEPS = 0.1   # recorded runs within 10% of a run's steps count as "at its step count"
 ANCHORS = [
     ("the original project's 'masked accuracy' 0.977",
      "counted every token, most of them unmasked and copied from the input; our all-positions "
@@ -46,34 +30,60 @@ LABELS = [("masked_accuracy", "held-out masked-token accuracy (fixed protocol)")
           ("sentiment_accuracy", "fine-tuned sentiment accuracy (held-out reviews)")]
 
 
-def verdict(value, healthy: tuple[float, float] | None) -> str:
-    if value is None or healthy is None:
-        return ""
-    low, high = healthy
-    if value < low:
-        return f"below {low:.3f}–{high:.3f}"
-    if value > high:
-        return f"above {low:.3f}–{high:.3f}"
-    return f"within {low:.3f}–{high:.3f}"
-
-
 SHAPE = ("max_seq_len", "batch_size")
 
 
-def nearest_reference(preset: str, steps, settings: dict) -> dict:
-    """The measured reference of `preset` with the run's window length and batch whose step count is
-    nearest `steps` (empty if none)."""
-    references = [reference for reference in REFERENCES.get(preset, [])
-                  if all(reference.get(key, settings.get(key)) == settings.get(key) for key in SHAPE)]
-    if not references:
-        return {}
-    return min(references, key=lambda reference: abs(reference["optimizer_steps"] - (steps or 0)))
+def read_references(path: str = REFERENCES_CSV) -> list[dict]:
+    """The recorded reference runs (results/references.csv), or none if the file is not there."""
+    import csv
+
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def references_for(references: list[dict], preset: str, settings: dict) -> list[dict]:
+    """The recorded runs of `preset` with the run's window length and batch (a step of another shape is
+    a different amount of training)."""
+    return [row for row in references if row["preset"] == preset
+            and all(str(settings.get(key)) == row[key] for key in SHAPE)]
+
+
+def expected_at(rows: list[dict], key: str, steps: int) -> tuple[float, float, str] | None:
+    """(low, high, how) of measure `key` for a run of `steps` steps: the range of the recorded runs within
+    10% of its steps, else the value interpolated (linearly in log steps) between the nearest recorded runs
+    below and above; None outside the recorded steps."""
+    points = sorted((int(row["optimizer_steps"]), float(row[key])) for row in rows if row.get(key))
+    if not points or not steps:
+        return None
+    near = [value for count, value in points if abs(count - steps) <= SAME_STEPS * steps]
+    if near:
+        return min(near), max(near), f"{len(near)} recorded run{'s' * (len(near) > 1)} within 10% of its steps"
+    below = [point for point in points if point[0] < steps]
+    above = [point for point in points if point[0] > steps]
+    if not below or not above:
+        return None
+    (low_steps, low_value), (high_steps, high_value) = below[-1], above[0]
+    share = (math.log(steps) - math.log(low_steps)) / (math.log(high_steps) - math.log(low_steps))
+    value = low_value + share * (high_value - low_value)
+    return value, value, f"interpolated between the runs at {low_steps:,} and {high_steps:,} steps"
+
+
+def verdict(value, expected, form: str = "{:.4f}") -> str:
+    if value is None or expected is None:
+        return ""
+    low, high, how = expected
+    span = form.format(low) if low == high else f"{form.format(low)}–{form.format(high)}"
+    where = "below" if value < low else "above" if value > high else "within" if low != high else "at"
+    return f"{where} {span} ({how})"
 
 
 def render(name: str, preset: str, scores: dict, settings: dict, probe_history: list[dict],
            has_curves: bool) -> str:
     """The report of one run as Markdown."""
-    healthy = nearest_reference(preset, scores.get("optimizer_steps"), settings)
+    steps = scores.get("optimizer_steps")
+    recorded = references_for(read_references(), preset, settings)
     lines = [f"# Run `{name}` (preset `{preset}`)", ""]
     lines += [f"{scores.get('optimizer_steps', '?')} optimizer steps; vocabulary {settings.get('vocab_size')}, "
               f"{settings.get('num_layers')} layers of hidden {settings.get('hidden_size')}, windows of "
@@ -85,17 +95,26 @@ def render(name: str, preset: str, scores: dict, settings: dict, probe_history: 
                   "generator replaced. The masked-token figures, the cloze and the probe below are the generator's "
                   f"(a masked LM {settings.get('generator_size')} of the encoder's width, sharing its embeddings); "
                   "fine-tuning uses the encoder.", ""]
-    lines += ["| measure | this run | healthy runs of this preset (nearest in steps) |", "| --- | --- | --- |"]
+    lines += ["| measure | this run | recorded runs of this preset and shape at its step count |", "| --- | --- | --- |"]
     for key, label in LABELS:
         value = scores.get(key)
-        shown = "—" if value is None else (f"{value:.1f}" if key == "perplexity" else f"{value:.4f}")
-        lines.append(f"| {label} | {shown} | {verdict(value, healthy.get(key)) or '—'} |")
-    lines += ["", "Reference runs of this preset: " + ("; ".join(
-                  f"{reference['what']} ({reference['optimizer_steps']} steps"
-                  + "".join(f", {key} {reference[key]}" for key in SHAPE if key in reference) + ")"
-                  for reference in REFERENCES.get(preset, []))
-                  or "none measured yet") + ". Fewer steps than the reference reach lower numbers; "
-              "that is the budget, not a broken run.",
+        form = "{:.1f}" if key == "perplexity" else "{:.4f}"
+        shown = "—" if value is None else form.format(value)
+        expected = expected_at(recorded, key, steps) if key != "sentiment_accuracy" else None
+        lines.append(f"| {label} | {shown} | {verdict(value, expected, form) or '—'} |")
+    if recorded:
+        counts = sorted(int(row["optimizer_steps"]) for row in recorded)
+        machines = sorted({row["machine"] for row in recorded})
+        lines += ["", f"Recorded (results/references.csv): {len(recorded)} runs of preset `{preset}` with windows of "
+                      f"{settings.get('max_seq_len')} and batch {settings.get('batch_size')}, at {counts[0]:,}–{counts[-1]:,} "
+                      f"steps, on {'; '.join(machines)}."
+                  + ("" if counts[0] * (1 - SAME_STEPS) <= (steps or 0) <= counts[-1] * (1 + SAME_STEPS) else
+                     f" This run's {steps or 0:,} steps are outside what was recorded, so it is not compared."),
+                  "A machine that makes more steps in the same minutes reaches higher figures; the comparison is at "
+                  "equal steps, so it judges the run, not the machine."]
+    else:
+        lines += ["", f"No runs of preset `{preset}` with this shape are recorded in results/references.csv."]
+    lines += [
               "Masked-token numbers depend on the vocabulary size (a smaller one is easier to guess); the cloze "
               "does not: it asks for whole frequent words that every preset's vocabulary holds as one piece.", ""]
     lines += ["## Anchors", ""] + [f"- **{what}**: {why}." for what, why in ANCHORS]
