@@ -114,6 +114,8 @@ class Config:
     classifier_encoder_rate: float = 1.0  # the encoder's learning rate as a share of the head's (below 1: the
                                           # pretrained weights move less than the new head)
     classifier_dropout: float = 0.1
+    classifier_weight_decay: float = 0.01   # AdamW's decoupled weight decay while fine-tuning (not on biases, norms, tables)
+    bag_of_words_epochs: int = 4      # the --compare-scratch bag of words' passes (the epoch kept is picked on dev)
 
     # Probing after each epoch.
     probe_phrases: tuple = ("i have watched this [MASK] and it was awesome",)
@@ -127,7 +129,7 @@ class Config:
         """Raise ValueError naming the first value that cannot work."""
         positive = ["num_shards", "vocab_size", "max_seq_len", "hidden_size", "num_heads",
                     "ffn_size", "num_layers", "batch_size", "epochs", "top_k", "classifier_epochs",
-                    "classifier_max_windows", "classifier_learning_rate"]
+                    "classifier_max_windows", "classifier_learning_rate", "bag_of_words_epochs"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -135,7 +137,7 @@ class Config:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
         for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay", "classifier_dropout",
-                     "classifier_layer_decay", "classifier_encoder_rate"]:
+                     "classifier_layer_decay", "classifier_encoder_rate", "classifier_weight_decay"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if not 0.0 < self.generator_size <= 1.0:
@@ -186,9 +188,9 @@ class Config:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The original's shape and schedule. Two departures, both measured (benchmark.py, docs/throughput.md):
-    # dropout 0 (0.1 cost 15% of the step; masked-LM pretraining on fresh masks each epoch does
-    # not overfit in 10 epochs) and mixed_precision auto (float32 on a GPU unless you ask for
-    # mixed_float16; bf16 on CPUs that have it, 1.4x faster there).
+    # dropout 0 (dropout makes the step slower, and masked-LM pretraining on fresh masks each epoch
+    # does not overfit in 10 epochs) and mixed_precision auto (16-bit on GPUs with tensor cores and on
+    # CPUs with native bf16; training.precision_for).
     "gpu": dict(vocab_size=30000, max_seq_len=256, batch_size=32, hidden_size=256, num_heads=4,
                 ffn_size=512, num_layers=4, dropout=0.0, norm_position="post", epochs=10,
                 # The original's schedule, hidden^-0.5 * min(step^-0.5, step * 4000^-1.5), peaks at
@@ -197,7 +199,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 steps_per_epoch=0, validation_batches=0, classifier_epochs=3, classifier_max_windows=2,
                 classifier_learning_rate=1e-4),
     # Training is limited by time, not steps, so the whole pipeline stays under 20 minutes on any
-    # 2-core CPU (the other stages and the final evaluation take ~6 of them on a slow one); the
+    # 2-core CPU (the other stages and the final evaluation take the rest); the
     # steps 12 minutes buy depend on the CPU (docs/throughput.md). The recipe study (study.py, docs/study.md)
     # chose, on the dev split at equal time: 64-token windows and batch 32 (a quarter of the tokens of
     # a 128 x 64 step, so more steps; peak rate scaled by sqrt(batch)), 30% masking, linear decay to

@@ -45,22 +45,34 @@ class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps}
 
 
-def resolve_precision(requested: str) -> str:
-    """The Keras dtype policy for a `mixed_precision` setting ("auto" decided by the hardware).
+def precision_for(gpu_compute_capabilities: list[tuple[int, int]], cpu_flags: str) -> str:
+    """The Keras dtype policy `mixed_precision=auto` picks for a machine described by values: its GPUs'
+    CUDA compute capabilities (none on a CPU machine) and its CPU's flags (/proc/cpuinfo).
 
-    bf16 matmuls ran 1.2-1.4x faster than fp32 on this project's AVX512_BF16 CPU and reached the same
-    accuracy; on a CPU without native bf16 they are emulated and slower, so auto keeps float32.
+    GPUs run 16-bit matmuls on tensor cores: bfloat16 from compute capability 8.0 (A100, L4, H100),
+    float16 with loss scaling on 7.x (V100, T4: no bf16 there), float32 on older ones. A CPU with native
+    bf16 (AVX512_BF16 or AMX) trains faster in bfloat16 at the same accuracy; elsewhere bf16 is emulated
+    and slower, so float32.
     """
+    if gpu_compute_capabilities:
+        slowest = min(gpu_compute_capabilities)
+        return "mixed_bfloat16" if slowest >= (8, 0) else "mixed_float16" if slowest >= (7, 0) else "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags) else "float32"
+
+
+def resolve_precision(requested: str) -> str:
+    """The Keras dtype policy for a `mixed_precision` setting ("auto": `precision_for` this machine).
+    Under mixed_float16 Keras' compile wraps the optimizer in a LossScaleOptimizer."""
     if requested != "auto":
         return requested
-    if tf.config.list_physical_devices("GPU"):
-        return "float32"
+    capabilities = [tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)))
+                    for gpu in tf.config.list_physical_devices("GPU")]
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             flags = handle.read()
     except OSError:
-        return "float32"
-    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+        flags = ""
+    return precision_for(capabilities, flags)
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -183,8 +195,8 @@ def _softmax_cross_entropy(logits, labels):
     """Cross-entropy of integer `labels` [rows] under softmax(`logits`) [rows, classes], with its gradient.
 
     Same value and gradient as `tf.nn.sparse_softmax_cross_entropy_with_logits`, whose CPU kernel
-    took 120-150 ms forward and backward on [1280, 30000] logits here; oneDNN's softmax plus a
-    scatter takes 69 ms. The probability is floored at 1e-30, so one token's loss
+    is about twice as slow forward and backward on vocabulary-sized logits as oneDNN's softmax plus
+    a scatter (docs/throughput.md has the figures). The probability is floored at 1e-30, so one token's loss
     is capped at 69 nats (an untrained model starts near ln(vocab) = 10).
     """
     probabilities = tf.nn.softmax(logits)
@@ -232,7 +244,7 @@ def masked_token_hits(y_true, y_pred):
     """1.0 where the top-scoring token is the label, per prediction slot.
 
     `tf.argmax` directly: `keras.ops.argmax` guards against negative zeros with four more full
-    passes over the [batch, slots, vocab] logits (62 vs 16 ms at vocab 30k, ~5% of the step).
+    passes over the [batch, slots, vocab] logits (docs/throughput.md has the cost).
     """
     predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
     return tf.cast(tf.equal(tf.cast(y_true, tf.int32), predicted), tf.float32)

@@ -65,6 +65,7 @@ def float32_loss(batches):
     {"mixed_precision": "mixed_float16"},
     {"jit_compile": True},
 ])
+@pytest.mark.slow
 def test_each_switch_trains_to_a_loss_close_to_float32(batches, float32_loss, switch):
     loss = final_loss(batches, mixed_precision=switch.get("mixed_precision", "float32"),
                       jit_compile=switch.get("jit_compile", False))
@@ -73,6 +74,23 @@ def test_each_switch_trains_to_a_loss_close_to_float32(batches, float32_loss, sw
     assert abs(loss - float32_loss) < 0.03 * float32_loss, (loss, float32_loss)
 
 
+@pytest.mark.slow
 def test_relu_activation_trains(batches, float32_loss):
     loss = final_loss(batches, mixed_precision="float32", activation="relu")
     assert loss < np.log(batches[0]) - 0.3
+
+
+@pytest.mark.parametrize("gpus, flags, policy", [
+    ([(8, 0)], "", "mixed_bfloat16"),            # A100
+    ([(8, 9)], "", "mixed_bfloat16"),            # L4
+    ([(9, 0)], "", "mixed_bfloat16"),            # H100
+    ([(7, 5)], "", "mixed_float16"),             # T4: tensor cores, no bf16
+    ([(7, 0)], "", "mixed_float16"),             # V100
+    ([(6, 0)], "", "float32"),                   # P100
+    ([(8, 0), (7, 5)], "", "mixed_float16"),     # mixed: what every GPU can do
+    ([], "fpu avx2 avx512_bf16", "mixed_bfloat16"),
+    ([], "fpu avx2 amx_bf16", "mixed_bfloat16"),
+    ([], "fpu avx2 fma", "float32"),
+])
+def test_auto_precision_follows_the_device(gpus, flags, policy):
+    assert training.precision_for(gpus, flags) == policy
