@@ -155,7 +155,7 @@ def bag_of_words(prepared, config) -> dict:
 
     dev, held_out = (classifier.labelled_reviews(prepared, split) for split in ("dev", "validation"))
     print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression")
-    model, best = classifier.fit_bag_of_words(classifier.labelled_reviews(prepared, "train"), dev, 4, config.seed)
+    model, best = classifier.fit_bag_of_words(classifier.labelled_reviews(prepared, "train"), dev, config.bag_of_words_epochs, config.seed)
     result = classifier.evaluate_picked(model, held_out.batch(256), best)
     print(f"classifier_training: bag of words: epoch {best.best_epoch + 1} picked on dev; held-out accuracy "
           f"{result['accuracy']:.4f}")

@@ -2,6 +2,7 @@
 
     python3 docs/render.py            rewrite every rendered block in docs/*.md
     python3 docs/render.py --check    exit 1 if a block is not what the CSVs give (for the tests)
+    python3 docs/render.py --plots    also redraw the plots made from results/ (PLOTS)
 
 A block is the text between `<!-- render KIND CSV [FILTER=VALUE ...] -->` and `<!-- /render -->`;
 KIND is one of RENDERERS below, CSV a path from the repository's root, and each FILTER=VALUE keeps
@@ -58,6 +59,62 @@ def label_screen_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pretraining_curve_points(rows: list[dict]) -> dict:
+    """{(pretrain_minutes or model, labels): accuracy} of results/pretraining_curve.csv."""
+    points = {}
+    for row in rows:
+        where = float(row["pretrain_minutes"]) if row["model"] == "pretrained" else row["model"]
+        points[(where, row["labels"])] = (float(row["accuracy"]), row)
+    return points
+
+
+def pretraining_curve_table(rows: list[dict]) -> str:
+    """Held-out sentiment at each label count against the minutes of pretraining, with the model from
+    scratch and the bag of words on the same samples."""
+    points = pretraining_curve_points(rows)
+    counts = sorted({row["labels"] for row in rows}, key=lambda count: float("inf") if count == "all" else int(count))
+    lines = ["| encoder | pretraining steps | held-out masked-token accuracy | "
+             + " | ".join(f"{count} labels" for count in counts) + " |", "|" + " --- |" * (3 + len(counts))]
+    minutes = sorted({key[0] for key in points if isinstance(key[0], float)})
+    for label, where in [("from scratch (0 minutes)", "scratch")] + [(f"pretrained {m:g} minutes", m) for m in minutes] \
+            + [("bag of words", "bag_of_words")]:
+        cells = [f"{points[(where, count)][0]:.4f}" if (where, count) in points else "—" for count in counts]
+        example = next((points[(where, count)][1] for count in counts if (where, count) in points), {})
+        steps = example.get("optimizer_steps") if isinstance(where, float) else ""
+        masked = example.get("masked_accuracy") if isinstance(where, float) else ""
+        lines.append(f"| {label} | {int(steps):,} | {float(masked):.4f} | " if steps else f"| {label} | — | — | ")
+        lines[-1] += " | ".join(cells) + " |"
+    return "\n".join(lines)
+
+
+def plot_pretraining_curve(rows: list[dict], path: str) -> None:
+    """Held-out sentiment against pretraining minutes, one line per label count, the scratch model at 0
+    minutes and the bag of words as a dashed line of the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = pretraining_curve_points(rows)
+    counts = sorted({row["labels"] for row in rows}, key=lambda count: float("inf") if count == "all" else int(count))
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for count, colour in zip(counts, ["tab:blue", "tab:orange", "tab:green"]):
+        minutes = sorted(key[0] for key in points if isinstance(key[0], float) and key[1] == count)
+        xs = ([0.0] if ("scratch", count) in points else []) + minutes
+        ys = ([points[("scratch", count)][0]] if ("scratch", count) in points else []) + [points[(m, count)][0] for m in minutes]
+        axis.plot(xs, ys, "o-", color=colour, label=f"{count} labels: fine-tuned (0 = from scratch)")
+        if ("bag_of_words", count) in points:
+            axis.axhline(points[("bag_of_words", count)][0], color=colour, linestyle="--", alpha=0.7,
+                         label=f"{count} labels: bag of words")
+    axis.set(xlabel="minutes of pretraining (cpu preset)", ylabel="held-out sentiment accuracy",
+             title="What pretraining time buys downstream")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def rows_table(rows: list[dict]) -> str:
     """Every column of every row, as it is in the CSV."""
     header = list(rows[0]) if rows else []
@@ -66,7 +123,9 @@ def rows_table(rows: list[dict]) -> str:
 
 
 RENDERERS = {"label_curve": label_curve_table, "label_screen": label_screen_table, "frozen_probe": frozen_probe_table,
-             "study": study_table, "rows": rows_table}
+             "study": study_table, "rows": rows_table, "pretraining_curve": pretraining_curve_table}
+# Plots --plots redraws: (CSV, PNG, plotting function).
+PLOTS = [("results/pretraining_curve.csv", "docs/pretraining_curve_cpu.png", "plot_pretraining_curve")]
 
 
 def render_block(kind: str, path: str, filters: str) -> str:
@@ -86,7 +145,13 @@ def render(text: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check that every block is current")
+    parser.add_argument("--plots", action="store_true", help="also redraw the plots in PLOTS")
     arguments = parser.parse_args()
+    if arguments.plots:
+        for source, image, plotter in PLOTS:
+            with open(os.path.join(ROOT, source), newline="", encoding="utf-8") as handle:
+                globals()[plotter](list(csv.DictReader(handle)), os.path.join(ROOT, image))
+            print(f"drew {image}")
     stale = []
     for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
         text = open(path, encoding="utf-8").read()

@@ -133,7 +133,7 @@ def layer_rate_factors(encoder: keras.Model, decay: float, encoder_rate: float =
 
 
 def compile_classifier(model: SentimentClassifier, learning_rate: float, total_steps: int,
-                       layer_decay: float = 1.0, encoder_rate: float = 1.0) -> None:
+                       layer_decay: float = 1.0, encoder_rate: float = 1.0, weight_decay: float = 0.01) -> None:
     """AdamW with a 10% linear warm-up and cosine decay (the encoder's rate scaled by `encoder_rate`
     and decayed layer-wise below the top when `layer_decay` < 1); binary cross-entropy on the logit."""
     warmup = max(total_steps // 10, 1)
@@ -141,7 +141,7 @@ def compile_classifier(model: SentimentClassifier, learning_rate: float, total_s
         initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps - warmup, 1), alpha=0.0)
     scaled = layer_decay < 1.0 or encoder_rate != 1.0
-    optimizer = training.adamw(schedule, 0.01, model.encoder,
+    optimizer = training.adamw(schedule, weight_decay, model.encoder,
                                rate_factors=layer_rate_factors(model.encoder, layer_decay, encoder_rate) if scaled else None)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
@@ -199,6 +199,7 @@ class FineTuneConfig:
     classifier_dropout: float
     classifier_pooling: str
     classifier_encoder_rate: float = 1.0
+    classifier_weight_decay: float = 0.01
 
 
 def fine_tune(encoder: keras.Model, settings: FineTuneConfig, train: tf.data.Dataset, dev: tf.data.Dataset,
@@ -207,7 +208,7 @@ def fine_tune(encoder: keras.Model, settings: FineTuneConfig, train: tf.data.Dat
     the best dev accuracy restored: (model, the `best_epoch_on_dev` callback, dev accuracy per epoch)."""
     model = SentimentClassifier(encoder, settings.classifier_dropout, settings.classifier_pooling)
     compile_classifier(model, settings.classifier_learning_rate, steps_per_epoch * epochs, settings.classifier_layer_decay,
-                       settings.classifier_encoder_rate)
+                       settings.classifier_encoder_rate, settings.classifier_weight_decay)
     best = best_epoch_on_dev(epochs)
     history = model.fit(train, validation_data=dev, epochs=epochs, verbose=verbose, shuffle=False,
                         callbacks=[*(callbacks or []), best])

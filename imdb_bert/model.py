@@ -32,8 +32,8 @@ from keras import layers, ops
 def gelu_tanh(x):
     """GELU with the tanh approximation, as the original BERT used.
 
-    Measured here: the exact (erf) GELU gets ~35% slower on CPU once weights are trained (its tails
-    become expensive), which cost the whole step 25%; the approximation stays fast.
+    The exact (erf) GELU gets slower on CPU once weights are trained (its tails become expensive),
+    enough to slow the whole step; the approximation stays fast (docs/design.md).
     """
     return keras.activations.gelu(x, approximate=True)
 
@@ -77,7 +77,7 @@ class TiedTokenEmbedding(layers.Layer):
         if reverse:
             # Logits leave in float32 even under a mixed-precision policy: the softmax needs the range.
             # The bias is added before that cast, where oneDNN fuses it into the matmul (the sum
-            # was already rounded to the compute dtype by the matmul; ~10% of the head's time).
+            # was already rounded to the compute dtype by the matmul; a visible share of the head's time).
             logits = ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings, inputs.dtype)))
             return ops.cast(logits + ops.cast(self.output_bias, inputs.dtype), "float32")
         return ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)

@@ -27,7 +27,7 @@ def count_words(texts: list[str], batch_size: int = 1024) -> collections.Counter
     """Word counts of `texts` after the BERT basic tokenisation (lower-case, split punctuation).
 
     Batches are tokenised and counted (`tf.unique_with_counts`) in a parallel tf.data map; only the
-    per-batch distinct words come back to Python (8 s -> 1.5 s on the 22k-review training split).
+    per-batch distinct words come back to Python, not every word (docs/design.md has the timing).
     """
     import tensorflow as tf
 
@@ -54,7 +54,7 @@ def learn_wordpiece(word_counts: list[tuple[str, int]], vocab_size: int) -> list
 
     tensorflow-text's learner keeps every sub-word seen at least `threshold` times and
     binary-searches that threshold linearly between 10 and 10 million, stopping 0-5% *under* the
-    target: ~20 full passes (~3.5 s each here), and a 30k target is out of reach when the
+    target: ~20 full passes over the words, and a 30k target is out of reach when the
     threshold cannot go below 10. Here the threshold is predicted instead: the vocabulary a
     threshold gives is close to a steady multiple of the number of *words* seen that often, so
     each pass aims (through that multiple, re-measured after every pass) at a vocabulary 2.5% over

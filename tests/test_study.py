@@ -55,3 +55,13 @@ def test_study_keep_finishes_the_run_for_evaluate(built_data, tmp_path):
     # Held-out figures beside the dev row: the run is finished as model_training.py finishes one.
     assert 0.0 <= metrics["validation_masked_accuracy"] <= 1.0 and metrics["validation_windows"] > 0
     pipeline.read_run(run_dir)   # what evaluate.py asks of a finished run folder
+
+
+def test_no_variant_builds_the_recipe_it_is_compared_with():
+    import config
+    import study
+
+    recipe = config.make_config("cpu", {}).as_dict()
+    for name, overrides in study.VARIANTS.items():
+        if name != "baseline":
+            assert config.make_config("cpu", overrides).as_dict() != recipe, name
