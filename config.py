@@ -4,12 +4,12 @@ All four stages (and fill_mask.py) call `load_config()`, so they agree on paths 
 
     python model_training.py --preset tiny --set epochs=3 --set learning_rate=1e-3
 
-Presets:
+The dataclass defaults are the `cpu` preset, the default when no GPU is visible (all four stages
+in under 20 minutes on a 2-core CPU). The other presets override:
   gpu   the original project's hyperparameters (vocab 30000, 256-token windows, batch 32,
         hidden 256, 4 heads, FFN 512, 4 layers, 10 epochs, Transformer warm-up), dropout 0.
-  cpu   the default when no GPU is visible: sized so the whole pipeline finishes in about
-        20 minutes on a 2-core laptop CPU.
   tiny  for tests: a few hundred reviews, a few seconds per stage.
+`python config.py --preset NAME` prints every value of a preset.
 
 The preset can also come from the IMDB_BERT_PRESET environment variable; `--preset` wins.
 This module imports nothing of ours and not TensorFlow, so a stage can decide it has nothing to
@@ -55,7 +55,7 @@ class Config:
     vocab_min_word_count: int = 2     # words seen fewer times cannot earn a vocab entry
 
     # Stage 4: model shape.
-    max_seq_len: int = 128            # including [CLS] and [SEP]
+    max_seq_len: int = 64             # tokens per window, [CLS] and [SEP] included
     hidden_size: int = 128
     num_heads: int = 4
     ffn_size: int = 512
@@ -73,15 +73,15 @@ class Config:
     discriminator_weight: float = 50.0   # electra: weight of the replaced-token loss beside the generator's
 
     # Stage 4: masking.
-    mask_rate: float = 0.15
-    mask_token_rate: float = 0.8
-    random_token_rate: float = 0.1
+    mask_rate: float = 0.3            # share of a window's word pieces the model must predict
+    mask_token_rate: float = 0.8      # of those: shown as [MASK]
+    random_token_rate: float = 0.1    # of those: shown as a random word piece (the rest are shown unchanged)
     whole_word_masking: bool = False  # select whole words (all their word pieces) instead of single pieces
 
     # Stage 4: optimisation.
-    batch_size: int = 64
-    epochs: int = 6
-    train_minutes: float = 0.0        # > 0: train for this many minutes of training steps (validation and
+    batch_size: int = 32              # windows per optimizer step (the global batch on several devices)
+    epochs: int = 6                   # with train_minutes=0: epochs x steps_per_epoch steps
+    train_minutes: float = 12.0       # > 0: train for this many minutes of training steps (validation and
                                       # probes excluded) instead of epochs x steps_per_epoch; the learning
                                       # rate then decays over the time, so a cheaper step buys more steps
     short_seq_len: int = 0            # > 0 (needs train_minutes): train on windows of this many tokens for the
@@ -90,13 +90,14 @@ class Config:
     steps_per_epoch: int = 500        # 0: one full pass over the training windows
     validation_batches: int = 30      # per-epoch validation on this fixed subset of the dev split (0: all);
                                       # the final metrics always use the whole held-out validation split
-    learning_rate: float = 2e-3       # the peak, reached after warm-up, in every schedule
-    lr_schedule: str = "cosine"       # cosine (warm-up then cosine decay) | linear (warm-up then linear
+    learning_rate: float = 1.41e-3    # the peak, reached after warm-up, in every schedule
+    lr_schedule: str = "linear"       # cosine (warm-up then cosine decay) | linear (warm-up then linear
                                       # decay to zero) | transformer
-    warmup_steps: int = 300
-    weight_decay: float = 0.01
+    warmup_steps: int = 300           # steps of linear warm-up to the peak
+    weight_decay: float = 0.01        # AdamW's decoupled weight decay (not on biases, norms, embedding tables)
     mixed_precision: str = "auto"     # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks
-                                      # mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16/AMX), else float32
+                                      # by the device (training.precision_for): bf16 on GPUs >= 8.0 and CPUs
+                                      # with native bf16, float16 on GPUs 7.x, else float32
     jit_compile: bool = False         # XLA
     strategy: str = "auto"            # auto | mirrored | multi_worker | tpu (imdb_bert/distribute.py);
                                       # batch_size is the global batch, split across the replicas
@@ -104,16 +105,16 @@ class Config:
     checkpoint_every_steps: int = 200 # besides every epoch end; an interrupted run resumes from the last one
 
     # Stage 5 (optional): sentiment fine-tuning of the pretrained encoder (classifier_training.py).
-    classifier_epochs: int = 2
+    classifier_epochs: int = 1        # passes over the labelled training reviews; the epoch kept is the best on dev
     classifier_learning_rate: float = 5e-4   # peak, linear warm-up over 10% of the steps then cosine decay
-    classifier_max_windows: int = 4   # a review is read as up to this many max_seq_len windows
+    classifier_max_windows: int = 8   # a review is read as up to this many max_seq_len windows
     classifier_windows: str = "head"  # which of a longer review's windows: head (its first ones) | head_tail
                                       # (half from its start, half from its end)
     classifier_pooling: str = "mean"  # mean (every real token of the review) | cls (each window's [CLS] state)
     classifier_layer_decay: float = 1.0   # below 1: each layer down the encoder trains at this times the rate above it
     classifier_encoder_rate: float = 1.0  # the encoder's learning rate as a share of the head's (below 1: the
                                           # pretrained weights move less than the new head)
-    classifier_dropout: float = 0.1
+    classifier_dropout: float = 0.1   # dropout on the pooled review vector before the sentiment logit
     classifier_weight_decay: float = 0.01   # AdamW's decoupled weight decay while fine-tuning (not on biases, norms, tables)
     bag_of_words_epochs: int = 4      # the --compare-scratch bag of words' passes (the epoch kept is picked on dev)
 
@@ -187,28 +188,22 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The original's shape and schedule. Two departures, both measured (benchmark.py, docs/throughput.md):
-    # dropout 0 (dropout makes the step slower, and masked-LM pretraining on fresh masks each epoch
-    # does not overfit in 10 epochs) and mixed_precision auto (16-bit on GPUs with tensor cores and on
-    # CPUs with native bf16; training.precision_for).
+    # The dataclass defaults (docs/study.md and docs/fine-tuning.md say how they were chosen).
+    "cpu": dict(),
+    # The original project's shape and schedule, trained for full epochs rather than minutes; dropout 0
+    # (docs/throughput.md).
     "gpu": dict(vocab_size=30000, max_seq_len=256, batch_size=32, hidden_size=256, num_heads=4,
-                ffn_size=512, num_layers=4, dropout=0.0, norm_position="post", epochs=10,
+                ffn_size=512, num_layers=4, dropout=0.0, norm_position="post", epochs=10, train_minutes=0.0,
+                mask_rate=0.15,
                 # The original's schedule, hidden^-0.5 * min(step^-0.5, step * 4000^-1.5), peaks at
                 # 256^-0.5 * 4000^-0.5 = 9.88e-4 after 4000 steps.
                 lr_schedule="transformer", warmup_steps=4000, learning_rate=256 ** -0.5 * 4000 ** -0.5, weight_decay=0.0,
                 steps_per_epoch=0, validation_batches=0, classifier_epochs=3, classifier_max_windows=2,
                 classifier_learning_rate=1e-4),
-    # Training is limited by time, not steps, so the whole pipeline stays under 20 minutes on any
-    # 2-core CPU (the other stages and the final evaluation take the rest); the
-    # steps 12 minutes buy depend on the CPU (docs/throughput.md). The recipe study (study.py, docs/study.md)
-    # chose, on the dev split at equal time: 64-token windows and batch 32 (a quarter of the tokens of
-    # a 128 x 64 step, so more steps; peak rate scaled by sqrt(batch)), 30% masking, linear decay to
-    # zero. 8 windows of 64 read as much of a review in fine-tuning as the 4 windows of 128 did; one
-    # fine-tuning epoch, because the fine-tuning study (docs/fine-tuning.md) found the second one adds nothing on dev.
-    "cpu": dict(train_minutes=12.0, max_seq_len=64, batch_size=32, learning_rate=1.41e-3, mask_rate=0.3,
-                lr_schedule="linear", classifier_max_windows=8, classifier_epochs=1),
+    # The tests: a small model, a fixed number of steps.
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
-                 num_layers=2, batch_size=16, epochs=3, warmup_steps=20, learning_rate=3e-3,
+                 num_layers=2, batch_size=16, epochs=3, train_minutes=0.0, warmup_steps=20, learning_rate=3e-3,
+                 mask_rate=0.15, lr_schedule="cosine",
                  num_shards=2, validation_fraction=0.2, steps_per_epoch=30, validation_batches=0,
                  checkpoint_every_steps=10,
                  classifier_epochs=8, classifier_max_windows=2, classifier_learning_rate=3e-4),
