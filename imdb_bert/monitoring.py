@@ -63,9 +63,13 @@ class TrainingRate(keras.callbacks.Callback):
             logs["tokens_per_second"] = self.steps * self.tokens_per_step / seconds
 
 
+DEV_CURVE_LABEL = "dev (per-epoch choices; not the held-out reviews)"
+
+
 def save_curves(history_rows: list[dict], path: str, title: str) -> None:
-    """A PNG of the training and validation loss and masked accuracy (and the learning rate) per
-    epoch, from the rows of history.csv."""
+    """A PNG of the training and dev loss and masked accuracy (and the learning rate) per epoch, from
+    the rows of history.csv. Keras names the dev figures `val_*` (its validation_data is the dev split);
+    the held-out split is scored only at the end, so it has no curve."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -78,7 +82,7 @@ def save_curves(history_rows: list[dict], path: str, title: str) -> None:
     figure, axes = plt.subplots(1, len(panels) + has_rate, figsize=(5 * (len(panels) + has_rate), 3.6))
     for axis, (label, key) in zip(axes, panels):
         axis.plot(epochs, [float(row[key]) for row in history_rows], "o-", label="training")
-        axis.plot(epochs, [float(row["val_" + key]) for row in history_rows], "s-", label="validation (held out)")
+        axis.plot(epochs, [float(row["val_" + key]) for row in history_rows], "s-", label=DEV_CURVE_LABEL)
         axis.set(xlabel="epoch", title=label)
         axis.grid(alpha=0.3)
         axis.legend()
