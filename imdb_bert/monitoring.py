@@ -38,6 +38,19 @@ def training_callbacks(folder: str, tokens_per_step: float) -> list:
                                         update_freq="epoch", profile_batch=0)]
 
 
+def dev_named(logs: dict) -> dict:
+    """Keras names what it measures on `validation_data` `val_*`; ours is the dev split, so history.csv
+    says `dev_*` (the held-out split, which the project calls validation, is scored only at the end)."""
+    return {("dev_" + key[4:] if key.startswith("val_") else key): value for key, value in logs.items()}
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Keras' CSVLogger writing the dev split's figures as `dev_*` columns."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, dev_named(logs or {}))
+
+
 class TrainingRate(keras.callbacks.Callback):
     """Adds `learning_rate` (at the epoch's end) and `tokens_per_second` (word pieces trained on per
     second of training steps, validation excluded) to each epoch's logs."""
@@ -66,6 +79,11 @@ class TrainingRate(keras.callbacks.Callback):
 DEV_CURVE_LABEL = "dev (per-epoch choices; not the held-out reviews)"
 
 
+def dev_value(row: dict, key: str) -> str:
+    """A dev figure of a history.csv row: `dev_<key>`, or `val_<key>` in a run written before the rename."""
+    return row.get("dev_" + key, row.get("val_" + key))
+
+
 def save_curves(history_rows: list[dict], path: str, title: str) -> None:
     """A PNG of the training and dev loss and masked accuracy (and the learning rate) per epoch, from
     the rows of history.csv. Keras names the dev figures `val_*` (its validation_data is the dev split);
@@ -82,7 +100,7 @@ def save_curves(history_rows: list[dict], path: str, title: str) -> None:
     figure, axes = plt.subplots(1, len(panels) + has_rate, figsize=(5 * (len(panels) + has_rate), 3.6))
     for axis, (label, key) in zip(axes, panels):
         axis.plot(epochs, [float(row[key]) for row in history_rows], "o-", label="training")
-        axis.plot(epochs, [float(row["val_" + key]) for row in history_rows], "s-", label=DEV_CURVE_LABEL)
+        axis.plot(epochs, [float(dev_value(row, key)) for row in history_rows], "s-", label=DEV_CURVE_LABEL)
         axis.set(xlabel="epoch", title=label)
         axis.grid(alpha=0.3)
         axis.legend()

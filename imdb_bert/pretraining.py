@@ -134,7 +134,7 @@ def fit(run: Run) -> None:
                  *monitoring.training_callbacks(run.work, tokens_per_step=config.batch_size * run.counts["mean_sequence"]),
                  probe.ProbeCallback(run.tokenizer, run.tokens, config.probe_phrases, config.top_k, config.max_seq_len,
                                      os.path.join(run.work, resume.PROBE_HISTORY)),
-                 keras.callbacks.CSVLogger(os.path.join(run.work, resume.HISTORY), append=True),
+                 monitoring.HistoryLogger(os.path.join(run.work, resume.HISTORY), append=True),
                  keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.ModelCheckpoint(os.path.join(run.work, resume.BEST_MODEL), monitor="val_loss",
                                                  save_best_only=True, verbose=0,
@@ -190,7 +190,7 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
         inputs.make_masker(len(run.tokens), run.masking, with_original_ids=True, continuation=run.continuation),
         config.batch_size, config.seed)
     rows = history(run)
-    best = min(rows, key=lambda row: float(row["val_loss"]))
+    best = min(rows, key=lambda row: float(monitoring.dev_value(row, "loss")))
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     steps_this_session = optimizer_steps - (run.state or {}).get("global_step", 0)
     return {
@@ -205,7 +205,7 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
         "train_masked_accuracy": float(rows[-1]["masked_accuracy"]),
         "all_positions_accuracy_original_style": copying,
         "epochs": len(rows), "steps_per_epoch": run.steps_per_epoch, "optimizer_steps": optimizer_steps,
-        "best_epoch": int(best["epoch"]) + 1, "best_val_loss": float(best["val_loss"]),
+        "best_epoch": int(best["epoch"]) + 1, "best_val_loss": float(monitoring.dev_value(best, "loss")),
         "precision": run.precision, "fit_seconds_this_session": round(run.fit_seconds, 1),
         "tokens_per_second": round(steps_this_session * config.batch_size * run.counts["mean_sequence"]
                                    / run.fit_seconds, 1) if run.fit_seconds > 1 else None,

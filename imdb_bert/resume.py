@@ -25,7 +25,7 @@ import zipfile
 
 import keras
 
-from imdb_bert import artifacts, pipeline
+from imdb_bert import artifacts, monitoring, pipeline
 
 STATE = "state.json"
 IDENTITY = "identity.json"
@@ -122,14 +122,15 @@ def fit_plan(state: dict | None, epochs: int, steps_per_epoch: int) -> list[tupl
 
 
 def trim_history(folder: str, epochs_done: int) -> list[dict]:
-    """Drop history rows of epochs the resumed run will redo; return the rows kept."""
+    """Drop history rows of epochs the resumed run will redo (and name the dev columns `dev_*` in a history
+    written before they were); return the rows kept."""
     path = os.path.join(folder, HISTORY)
     if not os.path.isfile(path):
         return []
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    kept = [row for row in rows if int(row["epoch"]) < epochs_done]
-    if len(kept) != len(rows):
+    kept = [monitoring.dev_named(row) for row in rows if int(row["epoch"]) < epochs_done]
+    if len(kept) != len(rows) or any(key.startswith("val_") for key in (rows[0] if rows else {})):
         with open(path + ".tmp", "w", newline="", encoding="utf-8") as out:
             if kept:
                 writer = csv.DictWriter(out, fieldnames=list(kept[0]))
@@ -140,9 +141,9 @@ def trim_history(folder: str, epochs_done: int) -> list[dict]:
 
 
 def best_validation_loss(folder: str, rows: list[dict]) -> float | None:
-    """The best `val_loss` so far, for `ModelCheckpoint`'s threshold, if `best.keras` is intact."""
+    """The best dev loss so far, for `ModelCheckpoint`'s threshold, if `best.keras` is intact."""
     path = os.path.join(folder, BEST_MODEL)
-    losses = [float(row["val_loss"]) for row in rows if row.get("val_loss")]
+    losses = [float(monitoring.dev_value(row, "loss")) for row in rows if monitoring.dev_value(row, "loss")]
     if not losses or not os.path.isfile(path):
         return None
     try:

@@ -33,6 +33,8 @@ def test_run_folder_has_tensorboard_logs_and_curves(trained_run):
     with open(os.path.join(run_dir, "history.csv"), newline="") as handle:
         history = list(csv.DictReader(handle))
     assert all(float(row["tokens_per_second"]) > 100 for row in history)
+    assert {"dev_loss", "dev_masked_accuracy", "dev_perplexity"} <= set(history[0])      # the dev split, named so
+    assert not [key for key in history[0] if key.startswith("val_")]
     rates = [float(row["learning_rate"]) for row in history]
     assert rates[-1] < rates[0]   # the cosine schedule decays
     with open(os.path.join(run_dir, "curves.png"), "rb") as handle:
@@ -70,3 +72,21 @@ def test_progress_bars_show_on_a_terminal_only(built_data, tmp_path):
                            env=stage_environment(), capture_output=True, text=True, timeout=600)
     assert piped.returncode == 0
     assert "counting words" not in piped.stdout + piped.stderr
+
+
+def test_a_history_written_before_the_dev_columns_still_draws_and_resumes(tmp_path):
+    from imdb_bert import monitoring, resume
+
+    old = [{"epoch": str(epoch), "loss": "6.0", "masked_accuracy": "0.05", "val_loss": str(6.5 - epoch),
+            "val_masked_accuracy": "0.07"} for epoch in range(3)]
+    path = str(tmp_path / "curves.png")
+    monitoring.save_curves(old, path, "an old run")
+    assert os.path.getsize(path) > 10_000
+    with open(tmp_path / resume.HISTORY, "w", newline="") as out:
+        writer = csv.DictWriter(out, list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    kept = resume.trim_history(str(tmp_path), 2)
+    assert [row["dev_loss"] for row in kept] == ["6.5", "5.5"]
+    assert open(tmp_path / resume.HISTORY).readline().strip() == "epoch,loss,masked_accuracy,dev_loss,dev_masked_accuracy"
+    assert resume.best_validation_loss(str(tmp_path), kept) is None   # no best.keras here

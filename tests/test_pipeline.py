@@ -40,7 +40,7 @@ def test_validation_loss_falls_and_metrics_are_masked_only(pipeline):
     with open(os.path.join(data_dir, "runs", "tiny", "history.csv")) as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == 3
-    assert float(history[-1]["val_loss"]) < float(history[0]["val_loss"])
+    assert float(history[-1]["dev_loss"]) < float(history[0]["dev_loss"])
     metrics = json.load(open(os.path.join(data_dir, "runs", "tiny", "metrics.json")))
     assert 0.0 < metrics["validation_masked_accuracy"] < 1.0 and metrics["validation_perplexity"] > 1.0
     printed = outputs["model_training.py"].stdout

@@ -100,7 +100,7 @@ def wait_for_mid_epoch_state(process, state_path, epoch, timeout=600):
 def run_history(run_dir):
     with open(os.path.join(run_dir, "history.csv")) as handle:
         rows = list(csv.DictReader(handle))
-    return [int(row["epoch"]) for row in rows], [float(row["val_loss"]) for row in rows]
+    return [int(row["epoch"]) for row in rows], [float(row["dev_loss"]) for row in rows]
 
 
 @pytest.fixture(scope="module")
