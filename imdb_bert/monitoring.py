@@ -44,11 +44,30 @@ def dev_named(logs: dict) -> dict:
     return {("dev_" + key[4:] if key.startswith("val_") else key): value for key, value in logs.items()}
 
 
-class HistoryLogger(keras.callbacks.CSVLogger):
-    """Keras' CSVLogger writing the dev split's figures as `dev_*` columns."""
+class HistoryLogger(keras.callbacks.Callback):
+    """history.csv: one row per epoch of everything logged, the dev split's figures as `dev_*`, appended
+    to the file a resumed run already has (its header kept). Keras' CSVLogger would name them `val_*`
+    (and, given other names, adds `val_` columns of its own)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, dev_named(logs or {}))
+        import csv
+
+        row = {"epoch": epoch, **dev_named(logs or {})}
+        header = None
+        if os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                header = next(csv.reader(handle), None)
+        with open(self.path, "a", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, header or ["epoch"] + sorted(key for key in row if key != "epoch"),
+                                    restval="NA", extrasaction="ignore")
+            if header is None:
+                writer.writeheader()
+            writer.writerow({key: float(value) if hasattr(value, "__float__") and key != "epoch" else value
+                             for key, value in row.items()})
 
 
 class TrainingRate(keras.callbacks.Callback):

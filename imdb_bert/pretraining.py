@@ -134,7 +134,7 @@ def fit(run: Run) -> None:
                  *monitoring.training_callbacks(run.work, tokens_per_step=config.batch_size * run.counts["mean_sequence"]),
                  probe.ProbeCallback(run.tokenizer, run.tokens, config.probe_phrases, config.top_k, config.max_seq_len,
                                      os.path.join(run.work, resume.PROBE_HISTORY)),
-                 monitoring.HistoryLogger(os.path.join(run.work, resume.HISTORY), append=True),
+                 monitoring.HistoryLogger(os.path.join(run.work, resume.HISTORY)),
                  keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.ModelCheckpoint(os.path.join(run.work, resume.BEST_MODEL), monitor="val_loss",
                                                  save_best_only=True, verbose=0,
