@@ -151,3 +151,31 @@ def test_a_run_made_before_a_key_that_changes_training_existed_is_stale_and_says
     one_line_error(run_stage(["classifier_training.py"], data_dir, check=False),
                    "is stale: it was made before the config key(s) short_seq_len existed, whose value(s) here "
                    "(short_seq_len=0) change what it builds: rerun python model_training.py")
+
+
+# The last release before manifests recorded each file's hash (and before history.csv said dev_*).
+PREVIOUS_RELEASE = "77f5fa5"
+
+
+def test_a_run_folder_trained_by_the_previous_release_still_loads(built_data, tmp_path):
+    import io
+    import tarfile
+
+    archive = subprocess.run(["git", "-C", ROOT, "archive", PREVIOUS_RELEASE], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"not a git checkout with {PREVIOUS_RELEASE} in its history: {archive.stderr.decode()[:200]}")
+    previous = str(tmp_path / "previous")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as files:
+        files.extractall(previous)
+    data_dir = copy_data(built_data, tmp_path)
+    command = [sys.executable, "model_training.py", "--set", f"data_dir={data_dir}",
+               "--set", f"runs_dir={os.path.join(data_dir, 'runs')}"]
+    trained = subprocess.run(command, cwd=previous, env=dict(stage_environment(), PYTHONPATH=previous),
+                             capture_output=True, text=True, timeout=900)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_dir = os.path.join(data_dir, RUN)
+    assert "file_sha256" not in json.load(open(os.path.join(run_dir, "manifest.json")))   # the old format
+    fills = json.loads(run_stage(["fill_mask.py", "--run", run_dir, "--json", "a [MASK] film"], data_dir).stdout)
+    assert len(fills) == 5
+    assert "masked-token accuracy" in evaluate(run_dir).stdout
+    assert "up to date" in run_stage(["model_training.py"], data_dir).stdout
