@@ -139,7 +139,6 @@ def file_digests(folder: str) -> dict:
     """Every file under `folder` (but a manifest and report.md): `files` (name -> size), `file_sha256` (name ->
     content hash) and `fingerprint` (a hash of all of them), as a manifest records them."""
     files, hashes = {}, {}
-    digest = hashlib.sha256()
     for root, _, names in sorted(os.walk(folder)):
         for name in sorted(names):
             path = os.path.join(root, name)
@@ -147,8 +146,15 @@ def file_digests(folder: str) -> dict:
             if relative in (MANIFEST, REPORT):
                 continue
             files[relative], hashes[relative] = os.path.getsize(path), file_sha256(path)
-            digest.update(f"{relative}\0{hashes[relative]}\0".encode())
-    return {"fingerprint": digest.hexdigest()[:16], "files": files, "file_sha256": hashes}
+    return {"fingerprint": fingerprint_of(hashes), "files": files, "file_sha256": hashes}
+
+
+def fingerprint_of(hashes: dict[str, str]) -> str:
+    """The fingerprint of an output: a hash of its files' names and content hashes, in listing order."""
+    digest = hashlib.sha256()
+    for name, content in hashes.items():
+        digest.update(f"{name}\0{content}\0".encode())
+    return digest.hexdigest()[:16]
 
 
 def write_manifest(folder: str, stage: str, identity: dict, **fields) -> dict:
@@ -176,10 +182,8 @@ def damage(folder: str, manifest: dict) -> str | None:
     if hashes is None:
         if "files" not in manifest:
             return None   # download.sh's manifest records the archive's hash, not each file's
-        digest = hashlib.sha256()
-        for name in manifest["files"]:
-            digest.update(f"{name}\0{file_sha256(os.path.join(folder, name))}\0".encode())
-        return None if digest.hexdigest()[:16] == manifest.get("fingerprint") else "a file changed since it was written"
+        hashes = {name: file_sha256(os.path.join(folder, name)) for name in manifest["files"]}
+        return None if fingerprint_of(hashes) == manifest.get("fingerprint") else "a file changed since it was written"
     for name, expected in hashes.items():
         if file_sha256(os.path.join(folder, name)) != expected:
             return f"{name} changed since it was written (same size, other contents)"

@@ -129,11 +129,10 @@ def load_model(path: str) -> keras.Model:
 
 
 def load_run(run_dir: str):
-    """(model, tokenizer, tokens, run config dict) of a finished training run folder, checked against its
-    manifest first."""
-    from imdb_bert import pipeline, vocab
+    """(model, tokenizer, tokens, run config dict) of a finished training run folder. The caller checks
+    the folder first (`pipeline.read_run`, before TensorFlow starts), so it is hashed once per command."""
+    from imdb_bert import vocab
 
-    pipeline.read_run(run_dir)
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         run_config = json.load(handle)
     tokens = vocab.read_vocabulary(os.path.join(run_dir, "vocab.txt"))
