@@ -21,6 +21,7 @@ import io
 import os
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,16 +41,46 @@ class Review:
 
 
 _TAG = re.compile(r"<[^>]{0,40}>")       # <br />, <i>, </i>, <hr> ... (bounded so prose with '<' survives)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SPACE = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Bytes 0x80-0x9f of Windows-1252 text that was read as Latin-1: the reviews' dashes, quotes and
+# Central European letters (\x97 is an em dash). Undefined bytes map to a space.
+_CP1252_LEFTOVERS = {code: bytes([code]).decode("cp1252", errors="replace").replace("\ufffd", " ")
+                     for code in range(0x80, 0xa0)}
+# Apostrophes typed as accents or curly quotes, so "it´s" and "it’s" tokenise like "it's".
+_APOSTROPHES = {ord(mark): "'" for mark in "\u00b4\u2018\u2019\u201b"}
+# The few letters whose case folding is not their lower case (ß -> ss): the tokeniser case-folds, while
+# transformers' BertTokenizer lower-cases, so folding them here makes the two read the same ids.
+_FOLD_ONLY = {code: chr(code).casefold() for code in range(0x80, 0x30000)
+              if chr(code).casefold() != chr(code).lower()}
+
+
+def _without_invisibles(text: str) -> str:
+    """Control characters and replacement characters (from undecodable bytes) become spaces; format,
+    private-use and unassigned characters (soft hyphens, zero-width joiners) are dropped."""
+    kept = []
+    for character in text:
+        category = unicodedata.category(character)
+        if category == "Cc" or character == "\ufffd":
+            kept.append(" ")
+        elif category[0] != "C":
+            kept.append(character)
+    return "".join(kept)
 
 
 def clean_review(text: str) -> str:
-    """Remove HTML tags and entities and fold whitespace; keep case and punctuation."""
+    """Remove HTML tags and entities, repair Windows-1252 leftovers, apply Unicode NFKC, drop invisible
+    characters and fold whitespace; keep case and punctuation.
+
+    After this, tensorflow-text's BertTokenizer and transformers' BertTokenizer give the same ids for
+    the text (their normalisations differ only on what is removed here), so an export tokenises alike."""
     text = _TAG.sub(" ", text)      # tags first, so an escaped "&lt;b&gt;" stays literal text
     text = html.unescape(text)
-    text = _CONTROL.sub(" ", text)
-    text = text.replace("\ufffd", " ")  # replacement characters from undecodable bytes carry nothing
+    if text.isascii():
+        text = _CONTROL.sub(" ", text)
+    else:
+        text = text.translate(_CP1252_LEFTOVERS).translate(_APOSTROPHES)
+        text = _without_invisibles(unicodedata.normalize("NFKC", text).translate(_FOLD_ONLY))
     return _SPACE.sub(" ", text).strip()
 
 

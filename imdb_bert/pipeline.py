@@ -32,8 +32,8 @@ VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
 CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_windows",
                    "classifier_pooling", "classifier_layer_decay", "classifier_dropout", "classifier_encoder_rate",
                    "classifier_weight_decay", "bag_of_words_epochs")
-NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "probe_phrases",
-                     "top_k", "strategy") + CLASSIFIER_KEYS
+NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "checkpoint_every_minutes",
+                     "probe_phrases", "top_k", "strategy") + CLASSIFIER_KEYS
 # Config keys added after runs were already made, each with the value that reproduces what runs made
 # before it did: a manifest without the key was built with that value, so it stays current.
 ADDED_KEYS = {"objective": "mlm", "generator_size": 0.25, "discriminator_weight": 50.0,
@@ -41,6 +41,9 @@ ADDED_KEYS = {"objective": "mlm", "generator_size": 0.25, "discriminator_weight"
 # The layout of a saved model. Runs saved in an older layout are refused with one line, and count
 # as out of date, so model_training.py retrains them.
 MODEL_FORMAT = 2
+# What `corpus.clean_review` does to a review. Prepared data cleaned by an older version counts as
+# out of date, so data_prep.py rebuilds it (and the vocabulary and runs downstream follow).
+CLEANING_FORMAT = 2
 
 
 def rerun(stage: str, flags: str = "") -> str:
@@ -116,6 +119,10 @@ def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict
         raise StageError(f"{folder} is stale: it was built for {changed_values(built, wanted).replace('->', 'but config says')}"
                          f": {rerun(stage)}")
     for name, fingerprint in (input_fingerprints or {}).items():
+        if name == "cleaning" and manifest.get("inputs", {}).get(name, "1") != fingerprint:
+            raise StageError(f"{folder} is stale: its reviews were cleaned by an older imdb-bert (cleaning format "
+                             f"{manifest.get('inputs', {}).get(name, '1')}, this code writes {fingerprint}): "
+                             f"{rerun(stage)}")
         if manifest.get("inputs", {}).get(name) != fingerprint:
             raise StageError(f"{folder} is stale: it was built from an older {name} output than the one "
                              f"there now: {rerun(stage)}")
@@ -142,12 +149,13 @@ def find_raw(source: str, data_dir: str) -> tuple[str, str | None, dict]:
 
 
 def current_raw_inputs(source: str, data_dir: str) -> dict[str, str]:
-    """`{"raw": fingerprint}` of the raw reviews data_prep would read now, to check that the
-    prepared data is not stale; empty if the raw reviews were deleted (nothing to compare)."""
+    """What data_prep would build from now: `{"raw": fingerprint, "cleaning": format}`, to check that the
+    prepared data is not stale; without "raw" if the raw reviews were deleted (nothing to compare)."""
     try:
-        return {"raw": find_raw(source, data_dir)[2]["fingerprint"]}
+        raw = {"raw": find_raw(source, data_dir)[2]["fingerprint"]}
     except StageError:
-        return {}
+        raw = {}
+    return dict(raw, cleaning=str(CLEANING_FORMAT))
 
 
 def current_prepared(config) -> dict:

@@ -20,6 +20,11 @@ def test_clean_review_drops_control_and_replacement_characters():
     assert corpus.clean_review("bad\x00byte\ufffdhere") == "bad byte here"
 
 
+def test_clean_review_repairs_windows_1252_and_normalises_unicode():
+    assert corpus.clean_review("a film\x97really, it\xb4s \x93good\x94") == "a film\u2014really, it's \u201cgood\u201d"
+    assert corpus.clean_review("\x8eize\u00adk \u2460 Stra\xdfe") == "\u017dizek 1 Strasse"   # NFKC, soft hyphen dropped
+
+
 def test_decode_bytes_replaces_invalid_utf8():
     text, replaced = corpus.decode_bytes(b"caf\xe9 ok")
     assert replaced and text.startswith("caf") and text.endswith(" ok")

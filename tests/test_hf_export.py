@@ -14,6 +14,10 @@ from conftest import ROOT, copy_data, one_line_error, run_stage
 
 PROBE = "i have watched this [MASK] and it was awesome"
 SENTENCES = [PROBE, "the [MASK] was [MASK] good, but the ending [MASK]", "[MASK] film"]
+# Raw review text on which the two tokenizers' normalisations differ unless data_prep's cleaning evens
+# them out: Windows-1252 leftovers, accents typed as apostrophes, NFKC forms, ß, invisible characters.
+UNEVEN_REVIEWS = ["It\xb4s a \x93gem\x94\x97really. Jurassik\xa8 3\xb3", "Stra\xdfe, \x8eI\x9eEK and the \ufb01lm",
+                  "soft\u00adhyphen, zero\u200bwidth, \uff26\uff55\uff4c\uff4c width, caf\xe9 na\xefve \u6620\u753b"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,7 @@ def test_transformers_gives_the_same_logits_fills_and_token_ids(runs, tmp_path, 
     positions = [[index for index, token in enumerate(sentence) if token == inputs.MASK_ID] for sentence in ids]
     prepared = os.path.join(data_dir, "prepared")
     texts = [text for split in ("validation", "dev", "train") for text in corpus.split_texts(prepared, split)][:200]
+    texts += [corpus.clean_review(review) for review in UNEVEN_REVIEWS]
     answer = what_transformers_makes_of(out, {"ids": ids, "positions": positions, "probe": PROBE, "top_k": 5,
                                               "texts": texts}, tmp_path)
     assert answer["architecture"] == architecture
@@ -61,7 +66,7 @@ def test_transformers_gives_the_same_logits_fills_and_token_ids(runs, tmp_path, 
     assert [fill["predicted mask token"] for fill in fills] == [token for token, _ in answer["fills"]]
     assert np.abs(np.array([fill["probability"] for fill in fills]) - np.array([p for _, p in answer["fills"]])).max() <= 1e-4
 
-    assert len(texts) == 200
+    assert len(texts) == 200 + len(UNEVEN_REVIEWS)
     ours = inputs.tokenize_reviews(tokenizer, texts).to_list()
     assert answer["token_ids"] == ours
 

@@ -82,6 +82,21 @@ def test_new_prepared_data_makes_the_vocab_stale(built_data, tmp_path):
     one_line_error(vocab_behind, "vocab is stale", "older prepared output", "rerun python tokeniser_build.py")
 
 
+def test_data_cleaned_by_an_older_version_is_rebuilt(built_data, tmp_path):
+    """Prepared data made before the review cleaning changed (its manifest has no cleaning format) is
+    refused downstream with the reason, and data_prep.py rebuilds it."""
+    data_dir = copy_data(built_data, tmp_path)
+    path = os.path.join(data_dir, "prepared", "manifest.json")
+    older = manifest(data_dir, "prepared")
+    del older["inputs"]["cleaning"]
+    with open(path, "w") as out:
+        json.dump(older, out)
+    one_line_error(run_stage(["tokeniser_build.py"], data_dir, check=False), "prepared is stale",
+                   "cleaned by an older imdb-bert (cleaning format 1, this code writes 2)", "rerun python data_prep.py")
+    assert "up to date" not in run_stage(["data_prep.py"], data_dir).stdout
+    assert "up to date" in run_stage(["tokeniser_build.py"], data_dir).stdout   # the same reviews came back
+
+
 def wait_for_mid_epoch_state(process, state_path, epoch, timeout=600):
     """Poll the training state until it is `epoch` (0-based) with some steps done in it."""
     deadline = time.time() + timeout
