@@ -63,19 +63,14 @@ def train(config, identity, folder, compare, splits, dev_only=False):
     keras.mixed_precision.set_global_policy(training.resolve_precision(config.mixed_precision))
 
     head_tail = config.classifier_windows == "head_tail"
+    counts = classifier.labelled_counts(splits)   # data_prep counted each split's labels
     train_windows, dev_windows, held_out_windows = (
         classifier.labelled_review_windows(classifier.labelled_reviews(prepared, split), tokenizer,
                                            config.max_seq_len, config.classifier_max_windows, head_tail)
-        for split in ("train", "dev", "validation"))
-    # data_prep counted each split's labels; unlabelled reviews are skipped.
-    train_count, dev_count, held_out_count = (splits[split]["labels"]["pos"] + splits[split]["labels"]["neg"]
-                                              for split in ("train", "dev", "validation"))
-    for split, count in (("train", train_count), ("dev", dev_count), ("validation", held_out_count)):
-        if count == 0:
-            raise artifacts.StageError(f"no labelled reviews in the {split} split: the classifier needs labelled "
-                                       "data (source package, official or tfds)")
-    print(f"classifier_training: {train_count} labelled training reviews, {dev_count} dev reviews (pick the epoch), "
-          f"{held_out_count} held-out reviews (the validation split, {'not read: --dev-only' if dev_only else 'scored once'}), up to "
+        for split in classifier.SPLITS)
+    print(f"classifier_training: {counts['train']} labelled training reviews, {counts['dev']} dev reviews (pick the "
+          f"epoch), {counts['validation']} held-out reviews (the validation split, "
+          f"{'not read: --dev-only' if dev_only else 'scored once'}), up to "
           f"{config.classifier_max_windows} windows of {config.max_seq_len} each ({config.classifier_windows})")
     longest = config.classifier_max_windows * config.max_seq_len
     train_data = classifier.batches(train_windows, config.batch_size, longest, shuffle_seed=config.seed)
@@ -97,7 +92,10 @@ def train(config, identity, folder, compare, splits, dev_only=False):
         started = time.time()
         pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
         _, best, dev_accuracies = fit_on_train("pretrained", pretrained.encoder, work=None)
-        record_study_row(config, identity, best, dev_accuracies, time.time() - started)
+        classifier.record_study_row(
+            os.path.join(config.runs_dir, "fine_tune_study.csv"),
+            {"run": os.path.basename(config.run_dir), "run_fingerprint": identity["inputs"]["run"], "seed": config.seed},
+            {key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS}, best, dev_accuracies, time.time() - started)
         return
 
     def fine_tune(name, encoder, work):
@@ -111,14 +109,16 @@ def train(config, identity, folder, compare, splits, dev_only=False):
         pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
         model, results = fine_tune("pretrained", pretrained.encoder, work)
         metrics = {"held_out": "validation split of data/prepared (labelled reviews only)",
-                   "train_reviews": train_count, "dev_reviews": dev_count, "held_out_reviews": held_out_count,
+                   "train_reviews": counts["train"], "dev_reviews": counts["dev"],
+                   "held_out_reviews": counts["validation"],
                    "epochs": config.classifier_epochs, "steps": total_steps,
                    "fine_tuned_pretrained": results}
         if compare:
             keras.utils.set_random_seed(config.seed)
             scratch_encoder = BertEncoder(pipeline.settings(ModelConfig, config, vocab_size=len(tokens)))
             metrics["same_architecture_from_scratch"] = fine_tune("scratch", scratch_encoder, work)[1]
-            metrics["bag_of_words_logistic_regression"] = bag_of_words(prepared, config)
+            metrics["bag_of_words_logistic_regression"] = classifier.bag_of_words_baseline(
+                prepared, config.bag_of_words_epochs, config.seed)
         model.save(os.path.join(work, "classifier.keras"))
         export.save(export.ClassifyExport(model, tokens, config.max_seq_len, config.classifier_max_windows, head_tail),
                     "classify", os.path.join(work, artifacts.SENTIMENT_EXPORT), max_seq_len=config.max_seq_len,
@@ -134,32 +134,6 @@ def train(config, identity, folder, compare, splits, dev_only=False):
                   f"confusion [true neg: {tn} right, {fp} wrong; true pos: {tp} right, {fn} wrong]")
     print(f"classifier_training: -> {folder}")
     print(json.dumps(metrics))
-
-
-def record_study_row(config, identity, best, dev_accuracies, seconds) -> None:
-    """One row of the fine-tuning study: the settings, the dev accuracy of every epoch, the pick."""
-    row = {"run": os.path.basename(config.run_dir), "run_fingerprint": identity["inputs"]["run"], "seed": config.seed,
-           **{key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS},
-           "dev_accuracy_per_epoch": " ".join(f"{value:.4f}" for value in dev_accuracies),
-           "epoch_picked": best.best_epoch + 1, "dev_accuracy": round(float(best.best), 4),
-           "minutes": round(seconds / 60, 1), "date": time.strftime("%Y-%m-%d")}
-    path = os.path.join(config.runs_dir, "fine_tune_study.csv")
-    artifacts.append_row(path, row)
-    print(f"classifier_training: dev accuracy {row['dev_accuracy']} (epoch {row['epoch_picked']}); "
-          f"per epoch {row['dev_accuracy_per_epoch']}; {row['minutes']} min -> {path}")
-
-
-def bag_of_words(prepared, config) -> dict:
-    """Fit and evaluate the TF-IDF logistic regression on the same split."""
-    from imdb_bert import classifier
-
-    dev, held_out = (classifier.labelled_reviews(prepared, split) for split in ("dev", "validation"))
-    print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression")
-    model, best = classifier.fit_bag_of_words(classifier.labelled_reviews(prepared, "train"), dev, config.bag_of_words_epochs, config.seed)
-    result = classifier.evaluate_picked(model, held_out.batch(256), best)
-    print(f"classifier_training: bag of words: epoch {best.best_epoch + 1} picked on dev; held-out accuracy "
-          f"{result['accuracy']:.4f}")
-    return result
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 
 A block is the text between `<!-- render KIND CSV [FILTER=VALUE ...] -->` and `<!-- /render -->`;
 KIND is one of RENDERERS below, CSV a path from the repository's root, and each FILTER=VALUE keeps
-only the rows whose column FILTER equals VALUE.
+only the rows whose column FILTER equals VALUE (starts with it, when VALUE ends in `*`);
+`columns=A,B,...` makes the `rows` table show only those columns.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ def plot_pretraining_curve(rows: list[dict], path: str) -> None:
     plt.close(figure)
 
 
-def rows_table(rows: list[dict]) -> str:
-    """Every column of every row, as it is in the CSV."""
-    header = list(rows[0]) if rows else []
+def rows_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Every column (or the `columns`) of every row, as it is in the CSV."""
+    header = columns or (list(rows[0]) if rows else [])
     return "\n".join(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
                      + ["| " + " | ".join(row[key] for key in header) + " |" for row in rows])
 
@@ -131,10 +132,16 @@ PLOTS = [("results/pretraining_curve.csv", "docs/pretraining_curve_cpu.png", "pl
 def render_block(kind: str, path: str, filters: str) -> str:
     with open(os.path.join(ROOT, path), newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    options = {}
     for condition in filters.split():
         column, value = condition.split("=", 1)
-        rows = [row for row in rows if row.get(column) == value]
-    return RENDERERS[kind](rows) + "\n"
+        if column == "columns":
+            options["columns"] = value.split(",")
+        elif value.endswith("*"):
+            rows = [row for row in rows if row.get(column, "").startswith(value[:-1])]
+        else:
+            rows = [row for row in rows if row.get(column) == value]
+    return RENDERERS[kind](rows, **options) + "\n"
 
 
 def render(text: str) -> str:

@@ -8,6 +8,7 @@ review are averaged, and one logit says positive (> 0) or negative. Averaging to
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import keras
@@ -15,7 +16,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from imdb_bert import corpus, inputs, training
+from imdb_bert import artifacts, corpus, inputs, training
+
+SPLITS = ("train", "dev", "validation")   # fit, pick the epoch, score once (held out)
 
 
 def labelled_reviews(prepared: str, split: str) -> tf.data.Dataset:
@@ -36,6 +39,16 @@ def labelled_review_windows(reviews: tf.data.Dataset, tokenizer, max_seq_len: in
             .unbatch()
             .map(lambda windows, label: (windows.to_tensor(default_value=inputs.PAD_ID), label))
             .cache())
+
+
+def labelled_counts(splits: dict) -> dict[str, int]:
+    """Labelled reviews per split, from data_prep's manifest counts; StageError if a split has none."""
+    counts = {split: splits[split]["labels"]["pos"] + splits[split]["labels"]["neg"] for split in SPLITS}
+    for split, count in counts.items():
+        if count == 0:
+            raise artifacts.StageError(f"no labelled reviews in the {split} split: the classifier needs labelled "
+                                       "data (source package, official or tfds)")
+    return counts
 
 
 def batches(windows: tf.data.Dataset, batch_size: int, longest: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
@@ -225,3 +238,28 @@ def fit_bag_of_words(train_reviews: tf.data.Dataset, dev_reviews: tf.data.Datase
     model.fit(train_reviews.shuffle(25_000, seed=seed).batch(64), validation_data=dev_reviews.batch(256),
               epochs=epochs, verbose=verbose, shuffle=False, callbacks=[best])
     return model, best
+
+
+def bag_of_words_baseline(prepared: str, epochs: int, seed: int) -> dict:
+    """The bag of words fitted on the train split, its epoch picked on dev, scored on the held-out reviews."""
+    train, dev, held_out = (labelled_reviews(prepared, split) for split in SPLITS)
+    print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression")
+    model, best = fit_bag_of_words(train, dev, epochs, seed)
+    result = evaluate_picked(model, held_out.batch(256), best)
+    print(f"classifier_training: bag of words: epoch {best.best_epoch + 1} picked on dev; held-out accuracy "
+          f"{result['accuracy']:.4f}")
+    return result
+
+
+def record_study_row(path: str, identity: dict, settings: dict, best, dev_accuracies: list[float],
+                     seconds: float) -> dict:
+    """Append one row of the fine-tuning study to the CSV at `path`: the run, the `settings`, the dev
+    accuracy of every epoch and the epoch picked."""
+    row = {**identity, **settings,
+           "dev_accuracy_per_epoch": " ".join(f"{value:.4f}" for value in dev_accuracies),
+           "epoch_picked": best.best_epoch + 1, "dev_accuracy": round(float(best.best), 4),
+           "minutes": round(seconds / 60, 1), "date": time.strftime("%Y-%m-%d")}
+    artifacts.append_row(path, row)
+    print(f"classifier_training: dev accuracy {row['dev_accuracy']} (epoch {row['epoch_picked']}); "
+          f"per epoch {row['dev_accuracy_per_epoch']}; {row['minutes']} min -> {path}")
+    return row

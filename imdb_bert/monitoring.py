@@ -12,6 +12,8 @@ import time
 
 import keras
 
+from imdb_bert import private_apis
+
 TENSORBOARD_DIR = "logs"
 CURVES_PNG = "curves.png"
 
@@ -34,8 +36,8 @@ def training_callbacks(folder: str, tokens_per_step: float) -> list:
     all logged values as TensorBoard events under `folder/logs` (`tensorboard --logdir runs`).
     Put them before the CSV logger, so history.csv carries the same values."""
     return [TrainingRate(tokens_per_step),
-            keras.callbacks.TensorBoard(os.path.join(folder, TENSORBOARD_DIR), write_graph=False,
-                                        update_freq="epoch", profile_batch=0)]
+            private_apis.tensorboard_naming_dev(os.path.join(folder, TENSORBOARD_DIR), write_graph=False,
+                                                update_freq="epoch", profile_batch=0)]
 
 
 def dev_named(logs: dict) -> dict:

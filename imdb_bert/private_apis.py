@@ -13,12 +13,15 @@ instead of misbehaving silently.
       learner behind `bert_vocab_from_dataset`, called pass by pass so the threshold search can be
       predicted instead of bisected (vocab.learn_wordpiece).
   keras 3.15.1
+    - `TensorBoard._val_dir`: the log folder of what `fit` measures on `validation_data`, fixed to
+      `validation`; ours is the dev split (the held-out one is called validation), so it is renamed.
     - `Model._symbolic_build` / `_maybe_symbolic_build`, `train_step` / `test_step`: two bugs stop
       `fit` under MultiWorkerMirroredStrategy (keras-team/keras#20329, tensorflow/tensorflow#72388).
 """
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 
 from imdb_bert.artifacts import StageError
@@ -75,3 +78,17 @@ def prepare_multi_worker_fit(model, dataset) -> None:
         step = getattr(model, name)
         setattr(model, name, lambda data, step=step: {key: tf.reshape(value, [1])
                                                       for key, value in step(data).items()})
+
+
+def tensorboard_naming_dev(log_dir: str, **options):
+    """Keras' TensorBoard callback writing what `fit` measures on `validation_data` under `log_dir/dev`
+    (Keras names that folder `validation`, which here is the held-out split, never seen in training)."""
+    require("keras")
+    import keras
+
+    class DevTensorBoard(keras.callbacks.TensorBoard):
+        def set_model(self, model):
+            super().set_model(model)
+            self._val_dir = os.path.join(self._log_write_dir, "dev")
+
+    return DevTensorBoard(log_dir, **options)

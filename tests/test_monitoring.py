@@ -29,7 +29,8 @@ def test_run_folder_has_tensorboard_logs_and_curves(trained_run):
     assert glob.glob(os.path.join(run_dir, "logs", "train", "events.out.tfevents.*"))
     assert {"epoch_loss", "epoch_masked_accuracy", "epoch_learning_rate", "epoch_tokens_per_second"} \
         <= scalar_tags(os.path.join(run_dir, "logs", "train"))
-    assert {"epoch_loss", "epoch_masked_accuracy"} <= scalar_tags(os.path.join(run_dir, "logs", "validation"))
+    assert {"epoch_loss", "epoch_masked_accuracy"} <= scalar_tags(os.path.join(run_dir, "logs", "dev"))
+    assert sorted(os.listdir(os.path.join(run_dir, "logs"))) == ["dev", "train"]   # the dev split, named so
     with open(os.path.join(run_dir, "history.csv"), newline="") as handle:
         history = list(csv.DictReader(handle))
     assert all(float(row["tokens_per_second"]) > 100 for row in history)
