@@ -10,6 +10,9 @@ Needs the prepared data (./download.sh && python data_prep.py). It measures, on 
   4. a reference step built the way the original project built it (key_dim = hidden size per
      head, vocabulary logits and loss at every position, every review cut/padded to 256 tokens);
   5. this machine's matmul peak (fp32 and bf16) and our model FLOPs utilisation (MFU);
+  6. what Keras `fit` adds per step: the same batches driven by `fit` with the callbacks a
+     time-limited run uses (the time budget sets the learning rate before every step), with none,
+     and with several steps per tf.function call (`steps_per_execution`);
 and prints one table. Steps are timed after warm-up on batches already in memory, so the model
 is measured alone; the pipeline is measured alone in (2).
 """
@@ -111,6 +114,8 @@ def main():
                         help="alternating timing rounds of both models after warm-up (default 3)")
     parser.add_argument("--skip-vocab", action="store_true", help="skip the vocabulary-learning timings")
     parser.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak timing (default 2048)")
+    parser.add_argument("--steps-per-execution", type=int, default=8,
+                        help="steps per tf.function call in the fit-overhead timing (default 8)")
     parser.add_argument("--pipeline-batches", type=int, default=300,
                         help="batches the input pipeline is timed over (default 300)")
     arguments = parser.parse_args()
@@ -192,6 +197,32 @@ def main():
     consumed = config.batch_size / ours
     reference_tokens = config.batch_size * config.max_seq_len / reference_time   # every position counted
 
+    # 6. fit's own per-step cost, on the same batches (fed by tf.data, prefetched), timed after a warm-up
+    # pass that traces every shape.
+    keras.mixed_precision.set_global_policy(precision)
+    feed = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=stream.element_spec).repeat()
+
+    def fit_seconds_per_step(callbacks, steps_per_execution=1):
+        keras.utils.set_random_seed(config.seed)
+        fitted = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=vocab_size))
+        training.compile_masked_lm(fitted, pipeline.settings(training.ScheduleConfig, config), config.weight_decay,
+                                   total_steps=10_000, steps_per_execution=steps_per_execution)
+        fitted.fit(feed, steps_per_epoch=len(batches), epochs=1, verbose=0)
+        seconds = []
+        for _ in range(arguments.rounds):
+            started = time.perf_counter()
+            fitted.fit(feed, steps_per_epoch=len(batches), epochs=1, verbose=0, callbacks=callbacks())
+            seconds.append((time.perf_counter() - started) / len(batches))
+        return sorted(seconds)[len(seconds) // 2]
+
+    def budget_callbacks():
+        return [training.TimeBudget(10_000.0, config.learning_rate, config.warmup_steps, config.lr_schedule),
+                training.PerplexityLogger(), keras.callbacks.TerminateOnNaN()]
+
+    fit_plain = fit_seconds_per_step(list)
+    fit_budget = fit_seconds_per_step(budget_callbacks)
+    fit_several = fit_seconds_per_step(list, arguments.steps_per_execution)
+
     # 5. Matmul peak and MFU.
     peak32 = matmul_peak("float32", arguments.peak_size)
     peak16 = matmul_peak("bfloat16", arguments.peak_size)
@@ -209,6 +240,11 @@ def main():
         ("our model FLOP/s, MFU", f"{ours_flops / 1e9:,.0f} GFLOP/s",
          f"MFU {ours_flops / 1e9 / peak:.0%} of the {('bfloat16' if peak is peak16 else 'float32')} peak, "
          f"{ours_flops / 1e9 / peak32:.0%} of the float32 peak"),
+        ("fit, time-budget callbacks", f"{fit_budget * 1000:.0f} ms/step",
+         f"{(fit_budget / ours - 1):+.1%} against the bare step above"),
+        ("fit, no callbacks", f"{fit_plain * 1000:.0f} ms/step", f"{(fit_plain / ours - 1):+.1%}"),
+        (f"fit, {arguments.steps_per_execution} steps per call", f"{fit_several * 1000:.0f} ms/step",
+         f"{(fit_several / ours - 1):+.1%}; {(fit_several / fit_budget - 1):+.1%} against fit with the callbacks"),
         ("peak memory (RSS)", f"{ours_memory:,.0f} MB", f"{before:,.0f} MB before our model trained; "
                                                         f"{reference_memory:,.0f} MB after the reference"),
     ]

@@ -81,9 +81,10 @@ class Config:
     # Stage 4: optimisation.
     batch_size: int = 32              # windows per optimizer step (the global batch on several devices)
     epochs: int = 6                   # with train_minutes=0: epochs x steps_per_epoch steps
-    train_minutes: float = 12.0       # > 0: train for this many minutes of training steps (validation and
-                                      # probes excluded) instead of epochs x steps_per_epoch; the learning
-                                      # rate then decays over the time, so a cheaper step buys more steps
+    train_minutes: float = 12.0       # > 0: the whole training stage (steps, validation, probes, checkpoints,
+                                      # final evaluation, exports) takes this many minutes of wall clock, and
+                                      # the learning rate decays over the time, so a faster machine makes more
+                                      # steps in it; epochs x steps_per_epoch only caps the steps
     short_seq_len: int = 0            # > 0 (needs train_minutes): train on windows of this many tokens for the
     short_seq_share: float = 0.9      # first short_seq_share of the time, then on max_seq_len windows (BERT
                                       # pretrained 90% of its steps at 128 tokens, then 512)
@@ -103,6 +104,7 @@ class Config:
                                       # batch_size is the global batch, split across the replicas
     seed: int = 42
     checkpoint_every_steps: int = 200 # besides every epoch end; an interrupted run resumes from the last one
+    checkpoint_every_minutes: float = 2.0   # the same for a time-limited run (train_minutes > 0): by the clock
 
     # Stage 5 (optional): sentiment fine-tuning of the pretrained encoder (classifier_training.py).
     classifier_epochs: int = 1        # passes over the labelled training reviews; the epoch kept is the best on dev
@@ -157,7 +159,8 @@ class Config:
             raise ConfigError(f"vocab_size must be at least 100, got {self.vocab_size}")
         if self.train_minutes and self.lr_schedule == "transformer":
             raise ConfigError("train_minutes needs lr_schedule cosine or linear (the transformer schedule has no end)")
-        for name in ["steps_per_epoch", "validation_batches", "warmup_steps", "checkpoint_every_steps", "train_minutes"]:
+        for name in ["steps_per_epoch", "validation_batches", "warmup_steps", "checkpoint_every_steps",
+                     "checkpoint_every_minutes", "train_minutes"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.short_seq_len and not (8 <= self.short_seq_len < self.max_seq_len and self.train_minutes

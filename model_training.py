@@ -9,8 +9,10 @@ fill_mask_export/ (a SavedModel that fills [MASK]s in raw strings; serve it with
 manifest.json. After each epoch it prints the top-k fills of the probe phrases; metrics count
 masked positions only.
 
-A killed run resumes from its last checkpoint (every epoch and every checkpoint_every_steps steps)
-when rerun with the same config. A finished run with the same config and inputs is not redone.
+With train_minutes > 0 (the cpu preset) the whole stage, final evaluation and exports included, takes
+that many minutes. A killed run resumes from its last checkpoint (every epoch, and every
+checkpoint_every_steps steps or checkpoint_every_minutes of a time-limited run) when rerun with the
+same config. A finished run with the same config and inputs is not redone.
 """
 
 import json
@@ -27,7 +29,7 @@ def main():
         return
     from imdb_bert import pretraining  # TensorFlow only once there is training to do
 
-    run = pretraining.start(config, identity, options.force)
+    run = pretraining.start(config, identity, options.force, config_module.PRESET_VOCAB_SIZES)
     pretraining.build(run)
     pretraining.fit(run)
     metrics = pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES)
@@ -42,6 +44,15 @@ def main():
     print(f"model_training: probe top-1 {top['predicted mask token']!r} p={top['probability']:.3f}; "
           f"{metrics['epochs']} epochs, {metrics['optimizer_steps']} steps, best epoch {metrics['best_epoch']} "
           f"-> {config.run_dir} (read {config.run_dir}/report.md first)")
+    if run.budget_figures:
+        figures = run.budget_figures
+        took = run.budget.clock()
+        print(f"model_training: the stage took {took:.0f}s of its {figures['budget_seconds']:.0f}s budget; steps "
+              f"stopped at {figures['steps_stopped_at_seconds']:.0f}s, keeping {figures['reserved_seconds']:.0f}s for "
+              f"the final evaluation and exports, which took {took - figures['steps_stopped_at_seconds']:.0f}s")
+        if metrics["optimizer_steps"] < config.warmup_steps:
+            print(f"model_training: warning: train_minutes={config.train_minutes:g} left time for only "
+                  f"{metrics['optimizer_steps']} steps, fewer than the {config.warmup_steps} of the warm-up: raise it")
     print(json.dumps({key: value for key, value in metrics.items() if key != "probe"}))
 
 

@@ -1,5 +1,5 @@
-"""The pretraining recipe study: variants of the cpu recipe trained for the same minutes of
-training steps and scored on the dev split, so that the choice never looks at the held-out reviews.
+"""The pretraining recipe study: variants of the cpu recipe trained for the same minutes (the
+training stage's wall clock, as in model_training.py) and scored on the dev split, so that the choice never looks at the held-out reviews.
 
     python study.py baseline mask25 linear --minutes 5 --seeds 1 2 3     train and score, one row each
     python study.py --table                                              mean and spread per variant
@@ -151,7 +151,7 @@ def mean(rows: list[dict], key: str = "dev_masked_accuracy") -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="*", help=f"any of: {', '.join(VARIANTS)}")
-    parser.add_argument("--minutes", type=float, default=5.0, help="minutes of training steps per run")
+    parser.add_argument("--minutes", type=float, default=5.0, help="minutes of the training stage per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--score-seq-len", type=int, default=0, metavar="N",
                         help="score on dev windows of N tokens (default: each run's max_seq_len)")

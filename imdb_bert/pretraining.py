@@ -8,7 +8,6 @@ Each step takes the `Run` the previous ones filled in. The run trains in `<run_d
 from __future__ import annotations
 
 import csv
-import math
 import os
 import shutil
 import time
@@ -22,6 +21,9 @@ from imdb_bert import (artifacts, distribute, evaluation, export, inputs, monito
 from imdb_bert.model import ModelConfig, build_pretrainer
 
 TIME_LIMITED_EPOCHS = 100_000
+# What a time-limited run keeps back, besides the evaluation passes, for the last checkpoint and for
+# publishing the run folder (saving the model, tracing and saving the fill-mask export, curves, report).
+PUBLISH_SECONDS = 30.0
 
 
 @dataclass
@@ -48,14 +50,19 @@ class Run:
     epochs: int = 0
     model: object = None
     fit_seconds: float = 0.0
+    origin: float = 0.0                 # time.perf_counter() when the stage started: a time budget's zero
+    budget: object = None               # the training.TimeBudget of a time-limited run
+    budget_figures: dict = field(default_factory=dict)   # where its steps stopped and what it kept back
 
 
-def start(config, identity: dict, force: bool) -> Run:
-    """Devices, precision, vocabulary and tokenised windows; the saved state if resuming."""
+def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | None = None) -> Run:
+    """Devices, precision, vocabulary and tokenised windows; the saved state if resuming. With
+    `cloze_vocab_sizes`, the cloze set is built now if it is not yet (once per prepared data), so that
+    a time budget counts it before its first step rather than in its final evaluation."""
     # Length-grouped validation batches have no known count, so Keras "runs out of data" at the end
     # of every validation pass by design; the training data repeats forever and cannot run out.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    run = Run(config, identity, strategy=distribute.make_strategy(config.strategy))
+    run = Run(config, identity, strategy=distribute.make_strategy(config.strategy), origin=time.perf_counter())
     print(f"model_training: {distribute.describe(run.strategy)} (strategy={config.strategy})")
     run.tokens = vocab.read_vocabulary(artifacts.vocab_path(config.data_dir))
     run.tokenizer = vocab.make_tokenizer(run.tokens)
@@ -64,13 +71,16 @@ def start(config, identity: dict, force: bool) -> Run:
             raise artifacts.StageError(f"probe phrase {phrase!r} has no [MASK]")
     run.work = resume.work_dir(config.run_dir)
     run.state = resume.open_work_dir(run.work, identity, force)
+    if cloze_vocab_sizes:
+        evaluation.ensure_cloze_set(config.data_dir, identity["inputs"]["prepared"], cloze_vocab_sizes,
+                                    config.vocab_min_word_count, evaluation.PROTOCOL_SEED)
 
     keras.utils.set_random_seed(config.seed)
     run.precision = training.resolve_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy(run.precision)
     print(f"model_training: precision {run.precision} (mixed_precision={config.mixed_precision}); learning rate "
           f"peak {config.learning_rate:.3g} after {config.warmup_steps} warm-up steps ({config.lr_schedule} schedule"
-          + (f" over {config.train_minutes:g} minutes of training steps)" if config.train_minutes else ")"))
+          + (f" over the stage's {config.train_minutes:g} minutes)" if config.train_minutes else ")"))
     started = time.time()
     prepared = artifacts.prepared_dir(config.data_dir)
     run.train_windows = inputs.window_dataset(prepared, "train", run.tokenizer, config.max_seq_len)
@@ -125,11 +135,17 @@ def fit(run: Run) -> None:
     history_rows = resume.trim_history(run.work, run.state["epoch"]) if run.state else []
     budget = None
     if config.train_minutes:
-        budget = training.TimeBudget(config.train_minutes, config.learning_rate, config.warmup_steps,
-                                     config.lr_schedule, spent=(run.state or {}).get("train_seconds", 0.0),
-                                     phase_share=config.short_seq_share if config.short_seq_len else 0.0)
-    checkpoint = resume.TrainingCheckpoint(run.work, config.checkpoint_every_steps,
-                                           extra_state=lambda: {"train_seconds": budget.seconds} if budget else {})
+        # After the last step: that epoch's validation, then the held-out evaluation, which reads every
+        # validation window once, plus the all-positions pass and the cloze sentences.
+        final_batches = config.validation_batches + -(-run.counts["validation_windows"] // config.batch_size) + 40
+        budget = run.budget = training.TimeBudget(
+            config.train_minutes, config.learning_rate, config.warmup_steps, config.lr_schedule, origin=run.origin,
+            final_batches=final_batches, publish_seconds=PUBLISH_SECONDS,
+            phase_share=config.short_seq_share if config.short_seq_len else 0.0, state=run.state)
+    # A time-limited run checkpoints by the clock, so a faster machine does not checkpoint more often.
+    checkpoint = resume.TrainingCheckpoint(run.work, 0 if budget else config.checkpoint_every_steps,
+                                           every_seconds=60.0 * config.checkpoint_every_minutes if budget else 0.0,
+                                           extra_state=budget.state if budget else dict)
     callbacks = [*([budget] if budget else []), training.PerplexityLogger(),
                  *monitoring.training_callbacks(run.work, tokens_per_step=config.batch_size * run.counts["mean_sequence"]),
                  probe.ProbeCallback(run.tokenizer, run.tokens, config.probe_phrases, config.top_k, config.max_seq_len,
@@ -170,6 +186,9 @@ def fit(run: Run) -> None:
             # The short windows' share ended mid-epoch, and that epoch with it: go on with full windows.
             plan = [(trained.epoch[-1] + 1, run.epochs, run.steps_per_epoch)]
     run.fit_seconds = time.time() - started
+    if budget:
+        run.budget_figures = {"budget_seconds": budget.budget, "steps_stopped_at_seconds": round(budget.clock(), 1),
+                              "reserved_seconds": round(budget.reserve(), 1)}
 
 
 def history(run: Run) -> list[dict]:
@@ -207,6 +226,7 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
         "epochs": len(rows), "steps_per_epoch": run.steps_per_epoch, "optimizer_steps": optimizer_steps,
         "best_epoch": int(best["epoch"]) + 1, "best_val_loss": float(monitoring.dev_value(best, "loss")),
         "precision": run.precision, "fit_seconds_this_session": round(run.fit_seconds, 1),
+        **({"time_budget": run.budget_figures} if run.budget_figures else {}),
         "tokens_per_second": round(steps_this_session * config.batch_size * run.counts["mean_sequence"]
                                    / run.fit_seconds, 1) if run.fit_seconds > 1 else None,
         "probe": [fill for phrase in config.probe_phrases

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import time
 import zipfile
 
 import keras
@@ -162,15 +163,16 @@ def _finite(value) -> bool:
 
 class TrainingCheckpoint(keras.callbacks.Callback):
     """Saves the model and optimizer weights and the position in training at each epoch end and
-    every `every_steps` steps, atomically. Put it after the logging callbacks, so an epoch's
+    every `every_steps` steps or `every_seconds` seconds (whichever is set), atomically. Put it after the logging callbacks, so an epoch's
     history row is written before the state that says the epoch is done.
 
     A non-finite loss is never saved; `nan_epoch` records the epoch where it appeared.
     """
 
-    def __init__(self, folder: str, every_steps: int, extra_state=None):
+    def __init__(self, folder: str, every_steps: int, extra_state=None, every_seconds: float = 0.0):
         super().__init__()
         self.folder, self.every_steps, self.extra_state = folder, every_steps, extra_state or dict
+        self.every_seconds, self.saved_at = every_seconds, time.perf_counter()
         self.epoch = self.step = 0
         self.nan_epoch = None
 
@@ -183,7 +185,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        if self.every_steps and self.step % self.every_steps == 0 and _finite((logs or {}).get("loss")):
+        due = (self.every_steps and self.step % self.every_steps == 0) or (
+            self.every_seconds and time.perf_counter() - self.saved_at >= self.every_seconds)
+        if due and _finite((logs or {}).get("loss")):
             self._save(self.epoch, self.step)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -209,6 +213,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         if previous and previous["weights"] != name:
             state["previous"] = previous
         artifacts.write_json(os.path.join(self.folder, STATE), state)
+        self.saved_at = time.perf_counter()
         for old in glob.glob(os.path.join(self.folder, "state-*.weights.h5")):
             if os.path.basename(old) not in (name, (previous or {}).get("weights")):
                 os.remove(old)

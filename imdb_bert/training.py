@@ -116,48 +116,98 @@ def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Trains for `minutes` of training steps (the time between a step's start and end: validation,
-    probes and checkpoints excluded), then stops. Before each step it sets the learning rate:
-    linear warm-up over the first `warmup_steps` steps, then the decay of `kind` over the fraction
-    of the time used, so a cheaper step buys more steps of the same schedule ("Cramming",
-    Geiping & Goldstein 2022). `seconds` carries over a resumed run (`spent`).
+    """The training stage's wall-clock budget: `minutes` from the stage's start (`origin`, a
+    `time.perf_counter()` reading) to the published run folder, everything included: steps,
+    validation, probes, checkpoints, and the final evaluation and exports. For those last two it keeps
+    back what they will take: the held-out evaluation's `final_batches` at the time per batch the run's
+    own validation passes measure (before the first one, half a training step), plus `publish_seconds`.
+    Steps stop when the clock reaches the budget less that reserve, so a faster machine makes more
+    steps in the same minutes, never a longer wait.
 
-    With `phase_share` (0 < share < 1), a fit call that begins before that share of the time ends
-    there, so the caller can go on with other data (longer windows) under the same schedule."""
+    Before each step it sets the learning rate: linear warm-up over the first `warmup_steps` steps,
+    then the decay of `kind` over the share of the training time used, so a cheaper step buys more
+    steps of the same schedule ("Cramming", Geiping & Goldstein 2022). `spent` and `first_step` carry
+    a resumed run's clock over from its earlier sessions (`state`).
 
-    def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, spent: float = 0.0,
-                 phase_share: float = 0.0):
+    With `phase_share` (0 < share < 1), a fit call that begins before that share of the training time
+    ends there, so the caller can go on with other data (longer windows) under the same schedule."""
+
+    def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, origin: float | None = None,
+                 final_batches: int = 0, publish_seconds: float = 0.0, phase_share: float = 0.0,
+                 state: dict | None = None):
         super().__init__()
         self.budget, self.peak, self.warmup_steps, self.kind = minutes * 60.0, peak, warmup_steps, kind
-        self.seconds, self.started, self.tracing, self.step = spent, None, False, 0
-        self.phase_end = phase_share * self.budget
-        self.stop_at = self.budget
+        self.origin = time.perf_counter() if origin is None else origin
+        self.final_batches, self.publish_seconds, self.phase_share = final_batches, publish_seconds, phase_share
+        state = state or {}
+        self.spent = state.get("train_seconds", 0.0)
+        # A state saved before the clock counted the whole stage has no first step: its clock began there.
+        self.first_step = state.get("first_step_seconds", 0.0 if "train_seconds" in state else None)
+        self.step, self.step_seconds, self.eval_batch_seconds = 0, None, None
+        self.last_batch_end = self.test_started = None
+        self.test_batches = 0
+        self.in_phase = False
+
+    def clock(self) -> float:
+        """Seconds of the budget used: earlier sessions' and this one's since `origin`."""
+        return self.spent + time.perf_counter() - self.origin
+
+    def reserve(self) -> float:
+        """Seconds kept back for the final evaluation and the exports."""
+        per_batch = self.eval_batch_seconds or 0.5 * (self.step_seconds or 0.0)
+        return self.final_batches * per_batch + self.publish_seconds
+
+    def stop_seconds(self) -> float:
+        return self.budget - self.reserve()
+
+    def progress(self) -> float:
+        """The share of the training time used (0 at the first step, 1 when the steps stop)."""
+        first = self.first_step if self.first_step is not None else self.clock()
+        return min(max((self.clock() - first) / max(self.stop_seconds() - first, 1e-9), 0.0), 1.0)
 
     @property
     def in_first_phase(self) -> bool:
-        return self.seconds < self.phase_end
+        return self.progress() < self.phase_share
 
     @property
     def used_up(self) -> bool:
-        return self.seconds >= self.budget
+        return self.clock() >= self.stop_seconds()
+
+    def state(self) -> dict:
+        """What a checkpoint keeps, so a resumed run goes on with the same clock and schedule."""
+        return {"train_seconds": round(self.clock(), 3), "first_step_seconds": self.first_step}
 
     def on_train_begin(self, logs=None):
-        self.tracing = True   # the first step of a fit call also builds the graph: not training time
         self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))   # once, not every step
-        self.stop_at = self.phase_end if self.in_first_phase else self.budget
+        self.in_phase = self.in_first_phase
+        self.last_batch_end = None
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.first_step is None:
+            self.first_step = self.clock()
         warm = min((self.step + 1) / max(self.warmup_steps, 1), 1.0)
-        self.model.optimizer.learning_rate = self.peak * warm * decay_at(self.kind, self.seconds / self.budget)
-        self.started = time.perf_counter()
+        self.model.optimizer.learning_rate = self.peak * warm * decay_at(self.kind, self.progress())
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        if not self.tracing:
-            self.seconds += time.perf_counter() - self.started
-        self.tracing = False
-        if self.seconds >= self.stop_at:
+        now = time.perf_counter()
+        if self.last_batch_end is not None:   # the first step of a fit call also builds the graph
+            took = now - self.last_batch_end
+            self.step_seconds = took if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * took
+        self.last_batch_end = now
+        if self.used_up or (self.in_phase and not self.in_first_phase):
             self.model.stop_training = True
+
+    def on_test_begin(self, logs=None):
+        self.test_started, self.test_batches = time.perf_counter(), 0
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test_batches += 1
+
+    def on_test_end(self, logs=None):
+        if self.test_batches:
+            self.eval_batch_seconds = (time.perf_counter() - self.test_started) / self.test_batches
+        self.last_batch_end = None   # validation is not a step
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -257,7 +307,7 @@ def masked_token_entropy(y_true, y_pred):
 
 
 def compile_masked_lm(model, schedule: ScheduleConfig, weight_decay: float, total_steps: int,
-                      jit_compile: bool = False) -> None:
+                      jit_compile: bool = False, steps_per_execution: int = 1) -> None:
     """AdamW on the schedule, masked-only loss and accuracy. The loss is the masked-token
     cross-entropy, plus what the model adds itself (ELECTRA's replaced-token loss); when it adds
     something, the masked-token part is also logged alone, as `masked_loss`."""
@@ -270,7 +320,7 @@ def compile_masked_lm(model, schedule: ScheduleConfig, weight_decay: float, tota
         # For the masked LM the loss already is the masked-token cross-entropy; a second
         # cross-entropy metric over the [batch, slots, vocab] logits would cost a visible share of the step.
         weighted_metrics=metrics,
-        jit_compile=jit_compile)
+        jit_compile=jit_compile, steps_per_execution=steps_per_execution)
 
 
 class PerplexityLogger(keras.callbacks.Callback):

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -225,19 +226,55 @@ def test_an_encoder_without_biases_has_none():
     assert predict(masked_lm, [3, 9, 2, 4], [2]).shape == (1, 1, VOCAB)
 
 
+def random_batches(rows=8, length=16, slots=3):
+    rng = np.random.default_rng(0)
+    features = {"input_ids": rng.integers(5, VOCAB, (rows, length)).astype(np.int32),
+                "masked_positions": rng.integers(1, length - 1, (rows, slots)).astype(np.int32)}
+    return tf.data.Dataset.from_tensors((features, rng.integers(5, VOCAB, (rows, slots)),
+                                         np.ones((rows, slots), np.float32))).repeat()
+
+
+def test_a_time_budget_keeps_back_the_time_of_the_final_evaluation_and_exports():
+    """The steps stop when the clock reaches the budget less what the evaluation and exports will take."""
+    masked_lm = masked_lm_for(config.make_config("tiny", {"train_minutes": "0.05"}), VOCAB, total_steps=10)
+    masked_lm.fit(random_batches(), steps_per_epoch=1, epochs=1, verbose=0)   # the graph is built before the clock
+    budget = training.TimeBudget(0.05, 1e-3, 2, "linear", publish_seconds=1.5)   # 3 s, 1.5 s kept back
+    masked_lm.fit(random_batches(), steps_per_epoch=20, epochs=10_000, verbose=0, callbacks=[budget])
+    assert 1.5 <= budget.clock() < 2.5
+    assert budget.state()["first_step_seconds"] is not None
+
+
+def test_a_time_limited_run_checkpoints_by_the_clock(tmp_path):
+    from imdb_bert import resume
+
+    class Counted(resume.TrainingCheckpoint):
+        def _save(self, epoch, step):
+            self.saved.append(step)
+            super()._save(epoch, step)
+
+    masked_lm = masked_lm_for(config.make_config("tiny", {}), VOCAB, total_steps=10)
+    slow_steps = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.2))
+    for every_seconds, mid_epoch in ((0.0, 0), (0.5, (2, 4))):
+        checkpoint = Counted(str(tmp_path), 0, every_seconds=every_seconds)
+        checkpoint.saved = []
+        masked_lm.fit(random_batches(), steps_per_epoch=10, epochs=1, verbose=0, callbacks=[slow_steps, checkpoint])
+        assert checkpoint.saved[-1] == 0   # the epoch's end
+        if mid_epoch:
+            assert mid_epoch[0] <= len(checkpoint.saved) - 1 <= mid_epoch[1]   # 10 steps of 0.2 s, one every 0.5 s
+        else:
+            assert checkpoint.saved == [0]
+
+
 @pytest.mark.slow
 def test_a_time_budget_stops_training_and_decays_the_rate_to_zero_over_the_time():
     settings = config.make_config("tiny", {"train_minutes": "0.05", "lr_schedule": "linear", "warmup_steps": "2"})
     masked_lm = masked_lm_for(settings, VOCAB, total_steps=10)
-    rng = np.random.default_rng(0)
-    features = {"input_ids": rng.integers(5, VOCAB, (8, 16)).astype(np.int32),
-                "masked_positions": rng.integers(1, 15, (8, 3)).astype(np.int32)}
-    data = tf.data.Dataset.from_tensors((features, rng.integers(5, VOCAB, (8, 3)), np.ones((8, 3), np.float32)))
+    masked_lm.fit(random_batches(), steps_per_epoch=1, epochs=1, verbose=0)   # the graph is built before the clock
     budget = training.TimeBudget(0.05, 1e-3, 2, "linear")
     rates = []
     record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: rates.append(
         float(keras.ops.convert_to_numpy(masked_lm.optimizer.learning_rate))))
-    history = masked_lm.fit(data.repeat(), steps_per_epoch=20, epochs=10_000, verbose=0, callbacks=[budget, record])
-    assert budget.seconds >= 3.0 and len(history.history["loss"]) < 10_000          # stopped on its clock
+    history = masked_lm.fit(random_batches(), steps_per_epoch=20, epochs=10_000, verbose=0, callbacks=[budget, record])
+    assert budget.clock() >= 3.0 and len(history.history["loss"]) < 10_000          # stopped on its clock
     assert max(rates) == pytest.approx(1e-3, rel=0.05) and rates[-1] < 0.05 * max(rates)   # peak, then ~0 at the end
     assert rates.index(max(rates)) < len(rates) // 4
