@@ -21,8 +21,8 @@ from imdb_bert import (artifacts, distribute, evaluation, export, inputs, monito
 from imdb_bert.model import ModelConfig, build_pretrainer
 
 TIME_LIMITED_EPOCHS = 100_000
-# What a time-limited run keeps back, besides the evaluation passes, for the last checkpoint and for
-# publishing the run folder (saving the model, tracing and saving the fill-mask export, curves, report).
+# What a time-limited run keeps back, besides the evaluation, for publishing the run folder (saving the
+# model, tracing and saving the fill-mask export, the curves and the report).
 PUBLISH_SECONDS = 30.0
 
 
@@ -135,12 +135,11 @@ def fit(run: Run) -> None:
     history_rows = resume.trim_history(run.work, run.state["epoch"]) if run.state else []
     budget = None
     if config.train_minutes:
-        # After the last step: that epoch's validation, then the held-out evaluation, which reads every
-        # validation window once, plus the all-positions pass and the cloze sentences.
-        final_batches = config.validation_batches + -(-run.counts["validation_windows"] // config.batch_size) + 40
+        # The held-out evaluation reads every validation window once, plus the all-positions pass and the cloze.
+        final_batches = -(-run.counts["validation_windows"] // config.batch_size) + 40
         budget = run.budget = training.TimeBudget(
             config.train_minutes, config.learning_rate, config.warmup_steps, config.lr_schedule, origin=run.origin,
-            final_batches=final_batches, publish_seconds=PUBLISH_SECONDS,
+            final_batches=final_batches, publish_seconds=PUBLISH_SECONDS, validation_batches=config.validation_batches,
             phase_share=config.short_seq_share if config.short_seq_len else 0.0, state=run.state)
     # A time-limited run checkpoints by the clock, so a faster machine does not checkpoint more often.
     checkpoint = resume.TrainingCheckpoint(run.work, 0 if budget else config.checkpoint_every_steps,
@@ -187,8 +186,9 @@ def fit(run: Run) -> None:
             plan = [(trained.epoch[-1] + 1, run.epochs, run.steps_per_epoch)]
     run.fit_seconds = time.time() - started
     if budget:
-        run.budget_figures = {"budget_seconds": budget.budget, "steps_stopped_at_seconds": round(budget.clock(), 1),
-                              "reserved_seconds": round(budget.reserve(), 1)}
+        stopped_at = budget.stopped_at if budget.stopped_at is not None else budget.clock()
+        run.budget_figures = {"budget_seconds": budget.budget, "steps_stopped_at_seconds": round(stopped_at, 1),
+                              "reserved_seconds": round(budget.budget - stopped_at, 1)}
 
 
 def history(run: Run) -> list[dict]:

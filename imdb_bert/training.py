@@ -118,9 +118,11 @@ def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int):
 class TimeBudget(keras.callbacks.Callback):
     """The training stage's wall-clock budget: `minutes` from the stage's start (`origin`, a
     `time.perf_counter()` reading) to the published run folder, everything included: steps,
-    validation, probes, checkpoints, and the final evaluation and exports. For those last two it keeps
-    back what they will take: the held-out evaluation's `final_batches` at the time per batch the run's
-    own validation passes measure (before the first one, half a training step), plus `publish_seconds`.
+    validation, probes, checkpoints, and the final evaluation and exports. It keeps back what comes after
+    the last step: that epoch's end (validation, probe, checkpoints), as long as the last epoch end took
+    (before the first, `validation_batches` batches), the held-out evaluation's `final_batches` at the
+    time per batch the run's validation passes measure (before the first, half a training step), and
+    `publish_seconds`.
     Steps stop when the clock reaches the budget less that reserve, so a faster machine makes more
     steps in the same minutes, never a longer wait.
 
@@ -134,11 +136,12 @@ class TimeBudget(keras.callbacks.Callback):
 
     def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, origin: float | None = None,
                  final_batches: int = 0, publish_seconds: float = 0.0, phase_share: float = 0.0,
-                 state: dict | None = None):
+                 state: dict | None = None, validation_batches: int = 0):
         super().__init__()
         self.budget, self.peak, self.warmup_steps, self.kind = minutes * 60.0, peak, warmup_steps, kind
         self.origin = time.perf_counter() if origin is None else origin
         self.final_batches, self.publish_seconds, self.phase_share = final_batches, publish_seconds, phase_share
+        self.validation_batches, self.epoch_end_seconds = validation_batches, None
         state = state or {}
         self.spent = state.get("train_seconds", 0.0)
         # A state saved before the clock counted the whole stage has no first step: its clock began there.
@@ -147,6 +150,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.last_batch_end = self.test_started = None
         self.test_batches = 0
         self.in_phase = False
+        self.stopped_at = None   # the clock when the last step ended
 
     def clock(self) -> float:
         """Seconds of the budget used: earlier sessions' and this one's since `origin`."""
@@ -155,7 +159,8 @@ class TimeBudget(keras.callbacks.Callback):
     def reserve(self) -> float:
         """Seconds kept back for the final evaluation and the exports."""
         per_batch = self.eval_batch_seconds or 0.5 * (self.step_seconds or 0.0)
-        return self.final_batches * per_batch + self.publish_seconds
+        epoch_end = self.epoch_end_seconds if self.epoch_end_seconds is not None else self.validation_batches * per_batch
+        return epoch_end + self.final_batches * per_batch + self.publish_seconds
 
     def stop_seconds(self) -> float:
         return self.budget - self.reserve()
@@ -182,6 +187,11 @@ class TimeBudget(keras.callbacks.Callback):
         self.in_phase = self.in_first_phase
         self.last_batch_end = None
 
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.test_started is not None:   # the last epoch's end: validation and every callback's work
+            self.epoch_end_seconds = time.perf_counter() - self.test_started
+            self.test_started = None
+
     def on_train_batch_begin(self, batch, logs=None):
         if self.first_step is None:
             self.first_step = self.clock()
@@ -197,6 +207,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.last_batch_end = now
         if self.used_up or (self.in_phase and not self.in_first_phase):
             self.model.stop_training = True
+            self.stopped_at = self.clock()
 
     def on_test_begin(self, logs=None):
         self.test_started, self.test_batches = time.perf_counter(), 0
