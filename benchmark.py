@@ -4,7 +4,8 @@
 
 Needs the prepared data (./download.sh && python data_prep.py). It measures, on the real reviews:
   1. vocabulary learning on the training split at the default cpu size and the preset's size;
-  2. the input pipeline alone (tokenise + window + mask + batch) in sequences/s;
+  2. the input pipeline alone (tokenise + window + mask + batch) in sequences/s, on its first pass and
+     in the steady state (windows cached), against what a T4 / A100 would consume at 30% MFU;
   3. our training step at the preset's shape (default: the gpu preset = the original's shape:
      vocab 30000, 256-token windows, batch 32, hidden 256, 4 heads, FFN 512, 4 layers);
   4. a reference step built the way the original project built it (key_dim = hidden size per
@@ -25,6 +26,12 @@ import time
 
 import config as config_module
 from imdb_bert import artifacts, corpus, pipeline, vocab
+
+
+# Published dense peaks (TFLOP/s) of the GPUs Colab offers, in the precision `mixed_precision=auto` picks
+# there (T4: float16, A100: bfloat16), and the MFU at which to ask whether the input keeps them fed.
+GPU_PEAKS = {"T4 (fp16 65 TFLOP/s)": 65.0, "A100 (bf16 312 TFLOP/s)": 312.0}
+GPU_MFU = 0.3
 
 
 def rss_mb() -> float:
@@ -160,6 +167,15 @@ def main():
     for features, _, _ in stream.take(arguments.pipeline_batches):
         sequences += int(features["input_ids"].shape[0])
     pipeline_rate = sequences / (time.perf_counter() - started)   # first pass: tokenising as it goes
+    # Steady state, as in training after its first pass: every window tokenised once and cached, then
+    # shuffled, grouped by length and masked afresh for each batch.
+    for _ in uncached.batch(4096):
+        pass
+    steady = inputs.training_dataset(uncached, masker, config.batch_size, config.max_seq_len, seed=config.seed + 1)
+    started, sequences = time.perf_counter(), 0
+    for features, _, _ in steady.take(arguments.pipeline_batches):
+        sequences += int(features["input_ids"].shape[0])
+    steady_rate = sequences / (time.perf_counter() - started)
 
     # Real batches in memory, and the share of their positions that are real tokens.
     batches = [batch for batch in stream.take(arguments.steps)]
@@ -232,9 +248,15 @@ def main():
     peak16 = matmul_peak("bfloat16", arguments.peak_size)
     peak = peak16 if precision == "mixed_bfloat16" else peak32
 
+    # What a GPU would consume at a stated MFU of its published dense peak (T4 fp16, A100 bf16).
+    flops_per_sequence = model_flops(real_lengths, masked, config, vocab_size) / len(real_lengths)
+    gpu_rates = {name: peak_tflops * 1e12 * GPU_MFU / flops_per_sequence for name, peak_tflops in GPU_PEAKS.items()}
     rows += [
         ("input pipeline (tokenise+window+mask)", f"{pipeline_rate:,.0f} seq/s",
          f"{pipeline_rate / consumed:.1f}x what our step consumes ({consumed:,.0f} seq/s)"),
+        ("input pipeline, steady (cached windows)", f"{steady_rate:,.0f} seq/s",
+         "; ".join(f"{steady_rate / rate:.2f}x what a {name} at {GPU_MFU:.0%} MFU would consume ({rate:,.0f} seq/s)"
+                   for name, rate in gpu_rates.items())),
         ("real-token share of positions", f"{real / positions:.1%}", f"{positions - real} padding of {positions}"),
         (f"our step ({precision})", f"{ours * 1000:.0f} ms/step", f"{ours_tokens:,.0f} real tokens/s"),
         ("reference step (float32)", f"{reference_time * 1000:.0f} ms/step",

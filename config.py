@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
+from imdb_bert import pipeline
+
 
 class ConfigError(ValueError):
     """A config value or key that cannot work; stages print it as one line."""
@@ -89,7 +91,7 @@ class Config:
     short_seq_share: float = 0.9      # first short_seq_share of the time, then on max_seq_len windows (BERT
                                       # pretrained 90% of its steps at 128 tokens, then 512)
     steps_per_epoch: int = 500        # 0: one full pass over the training windows
-    validation_batches: int = 30      # per-epoch validation on this fixed subset of the dev split (0: all);
+    dev_batches: int = 30             # per-epoch validation on this fixed subset of the dev split (0: all);
                                       # the final metrics always use the whole held-out validation split
     learning_rate: float = 1.41e-3    # the peak, reached after warm-up, in every schedule
     lr_schedule: str = "linear"       # cosine (warm-up then cosine decay) | linear (warm-up then linear
@@ -159,7 +161,7 @@ class Config:
             raise ConfigError(f"vocab_size must be at least 100, got {self.vocab_size}")
         if self.train_minutes and self.lr_schedule == "transformer":
             raise ConfigError("train_minutes needs lr_schedule cosine or linear (the transformer schedule has no end)")
-        for name in ["steps_per_epoch", "validation_batches", "warmup_steps", "checkpoint_every_steps",
+        for name in ["steps_per_epoch", "dev_batches", "warmup_steps", "checkpoint_every_steps",
                      "checkpoint_every_minutes", "train_minutes"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -201,13 +203,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                 # The original's schedule, hidden^-0.5 * min(step^-0.5, step * 4000^-1.5), peaks at
                 # 256^-0.5 * 4000^-0.5 = 9.88e-4 after 4000 steps.
                 lr_schedule="transformer", warmup_steps=4000, learning_rate=256 ** -0.5 * 4000 ** -0.5, weight_decay=0.0,
-                steps_per_epoch=0, validation_batches=0, classifier_epochs=3, classifier_max_windows=2,
+                steps_per_epoch=0, dev_batches=0, classifier_epochs=3, classifier_max_windows=2,
                 classifier_learning_rate=1e-4),
     # The tests: a small model, a fixed number of steps.
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
                  num_layers=2, batch_size=16, epochs=3, train_minutes=0.0, warmup_steps=20, learning_rate=3e-3,
                  mask_rate=0.15, lr_schedule="cosine",
-                 num_shards=2, validation_fraction=0.2, steps_per_epoch=30, validation_batches=0,
+                 num_shards=2, validation_fraction=0.2, steps_per_epoch=30, dev_batches=0,
                  checkpoint_every_steps=10,
                  classifier_epochs=8, classifier_max_windows=2, classifier_learning_rate=3e-4),
 }
@@ -256,6 +258,9 @@ def make_config(preset: str, overrides: dict[str, str] | None = None) -> Config:
     values = dict(PRESETS[preset], preset=preset)
     defaults = {f.name: f.default for f in fields(Config)}
     for name, text in (overrides or {}).items():
+        if name in pipeline.RENAMED_KEYS:   # the old name still works, with a one-line note
+            print(f"config: {name} is now called {pipeline.RENAMED_KEYS[name]}; the old name will go", file=sys.stderr)
+            name = pipeline.RENAMED_KEYS[name]
         if name not in defaults or name == "preset":
             raise ConfigError(f"unknown config key {name!r} (see config.py for the keys)")
         values[name] = _parse_value(name, text, values.get(name, defaults[name]))

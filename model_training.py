@@ -48,8 +48,9 @@ def main():
         figures = run.budget_figures
         took = run.budget.clock()
         print(f"model_training: the stage took {took:.0f}s of its {figures['budget_seconds']:.0f}s budget; steps "
-              f"stopped at {figures['steps_stopped_at_seconds']:.0f}s, keeping {figures['reserved_seconds']:.0f}s for "
-              f"the final evaluation and exports, which took {took - figures['steps_stopped_at_seconds']:.0f}s")
+              f"stopped at {figures['steps_stopped_at_seconds']:.0f}s, reckoning {figures['reserved_seconds']:.0f}s for "
+              f"the last epoch's end, the final evaluation and the exports, which took "
+              f"{took - figures['steps_stopped_at_seconds']:.0f}s")
         if metrics["optimizer_steps"] < config.warmup_steps:
             print(f"model_training: warning: train_minutes={config.train_minutes:g} left time for only "
                   f"{metrics['optimizer_steps']} steps, fewer than the {config.warmup_steps} of the warm-up: raise it")

@@ -75,9 +75,17 @@ def changed_values(old: dict, new: dict) -> str:
                      for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key))
 
 
+# Config keys renamed since (`validation` means the held-out split everywhere; the per-epoch checks
+# run on the dev split): `--set` takes the old name with a note, and a manifest under the old name
+# was built with that value.
+RENAMED_KEYS = {"validation_batches": "dev_batches"}
+
+
 def built_config(manifest: dict) -> dict:
-    """The config values a manifest was built with, a key added since counting as its old behaviour."""
-    return {**ADDED_KEYS, **manifest.get("config", {})}
+    """The config values a manifest was built with, a key added since counting as its old behaviour
+    and a renamed key under its new name."""
+    built = {RENAMED_KEYS.get(key, key): value for key, value in manifest.get("config", {}).items()}
+    return {**ADDED_KEYS, **built}
 
 
 def built_with(manifest: dict, identity: dict) -> bool:

@@ -23,7 +23,7 @@ from imdb_bert.model import ModelConfig, build_pretrainer
 TIME_LIMITED_EPOCHS = 100_000
 # What a time-limited run keeps back, besides the evaluation, for publishing the run folder (saving the
 # model, tracing and saving the fill-mask export, the curves and the report).
-PUBLISH_SECONDS = 30.0
+PUBLISH_SECONDS = 35.0
 
 
 @dataclass
@@ -95,7 +95,7 @@ def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | No
                   # Batches are grouped by length, so nearly every position trained on is a real token.
                   "mean_sequence": train_tokens / max(train_count, 1) + 2}
     print(f"model_training: {train_count} training windows ({train_tokens} word pieces), {dev_count} dev windows "
-          f"(per-epoch validation), {validation_count} held-out validation windows (final figures only); "
+          f"(per-epoch checks), {validation_count} held-out validation windows (final figures only); "
           f"tokenised in {time.time() - started:.1f}s")
     run.masking = pipeline.settings(inputs.MaskingConfig, config)
     run.continuation = [token.startswith("##") for token in run.tokens]
@@ -135,11 +135,12 @@ def fit(run: Run) -> None:
     history_rows = resume.trim_history(run.work, run.state["epoch"]) if run.state else []
     budget = None
     if config.train_minutes:
-        # The held-out evaluation reads every validation window once, plus the all-positions pass and the cloze.
-        final_batches = -(-run.counts["validation_windows"] // config.batch_size) + 40
+        # The held-out evaluation reads every validation window once, then the all-positions pass (20
+        # batches) and the cloze sentences (3,000, about 100 batches' worth).
+        final_batches = -(-run.counts["validation_windows"] // config.batch_size) + 120
         budget = run.budget = training.TimeBudget(
             config.train_minutes, config.learning_rate, config.warmup_steps, config.lr_schedule, origin=run.origin,
-            final_batches=final_batches, publish_seconds=PUBLISH_SECONDS, validation_batches=config.validation_batches,
+            final_batches=final_batches, publish_seconds=PUBLISH_SECONDS, dev_batches=config.dev_batches,
             phase_share=config.short_seq_share if config.short_seq_len else 0.0, state=run.state)
     # A time-limited run checkpoints by the clock, so a faster machine does not checkpoint more often.
     checkpoint = resume.TrainingCheckpoint(run.work, 0 if budget else config.checkpoint_every_steps,
@@ -171,7 +172,7 @@ def fit(run: Run) -> None:
         train_data = inputs.training_dataset(windows, run.masker, config.batch_size, length,
                                              seed=config.seed, start_batch=global_step)
         trained = model.fit(train_data, validation_data=run.dev_data, initial_epoch=initial_epoch, epochs=epochs,
-                            steps_per_epoch=steps, validation_steps=config.validation_batches or None,
+                            steps_per_epoch=steps, validation_steps=config.dev_batches or None,
                             callbacks=callbacks, verbose=monitoring.fit_verbosity(),
                             shuffle=False)  # tf.data already shuffles
         if checkpoint.nan_epoch is not None:
@@ -187,8 +188,9 @@ def fit(run: Run) -> None:
     run.fit_seconds = time.time() - started
     if budget:
         stopped_at = budget.stopped_at if budget.stopped_at is not None else budget.clock()
+        reserved = budget.reserved if budget.reserved is not None else budget.reserve()
         run.budget_figures = {"budget_seconds": budget.budget, "steps_stopped_at_seconds": round(stopped_at, 1),
-                              "reserved_seconds": round(budget.budget - stopped_at, 1)}
+                              "reserved_seconds": round(reserved, 1)}
 
 
 def history(run: Run) -> list[dict]:
@@ -224,7 +226,7 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
         "train_masked_accuracy": float(rows[-1]["masked_accuracy"]),
         "all_positions_accuracy_original_style": copying,
         "epochs": len(rows), "steps_per_epoch": run.steps_per_epoch, "optimizer_steps": optimizer_steps,
-        "best_epoch": int(best["epoch"]) + 1, "best_val_loss": float(monitoring.dev_value(best, "loss")),
+        "best_epoch": int(best["epoch"]) + 1, "best_dev_loss": float(monitoring.dev_value(best, "loss")),
         "precision": run.precision, "fit_seconds_this_session": round(run.fit_seconds, 1),
         **({"time_budget": run.budget_figures} if run.budget_figures else {}),
         "tokens_per_second": round(steps_this_session * config.batch_size * run.counts["mean_sequence"]

@@ -120,7 +120,7 @@ class TimeBudget(keras.callbacks.Callback):
     `time.perf_counter()` reading) to the published run folder, everything included: steps,
     validation, probes, checkpoints, and the final evaluation and exports. It keeps back what comes after
     the last step: that epoch's end (validation, probe, checkpoints), as long as the last epoch end took
-    (before the first, `validation_batches` batches), the held-out evaluation's `final_batches` at the
+    (before the first, `dev_batches` batches), the held-out evaluation's `final_batches` at the
     time per batch the run's validation passes measure (before the first, half a training step), and
     `publish_seconds`.
     Steps stop when the clock reaches the budget less that reserve, so a faster machine makes more
@@ -136,12 +136,12 @@ class TimeBudget(keras.callbacks.Callback):
 
     def __init__(self, minutes: float, peak: float, warmup_steps: int, kind: str, origin: float | None = None,
                  final_batches: int = 0, publish_seconds: float = 0.0, phase_share: float = 0.0,
-                 state: dict | None = None, validation_batches: int = 0):
+                 state: dict | None = None, dev_batches: int = 0):
         super().__init__()
         self.budget, self.peak, self.warmup_steps, self.kind = minutes * 60.0, peak, warmup_steps, kind
         self.origin = time.perf_counter() if origin is None else origin
         self.final_batches, self.publish_seconds, self.phase_share = final_batches, publish_seconds, phase_share
-        self.validation_batches, self.epoch_end_seconds = validation_batches, None
+        self.dev_batches, self.epoch_end_seconds = dev_batches, None
         state = state or {}
         self.spent = state.get("train_seconds", 0.0)
         # A state saved before the clock counted the whole stage has no first step: its clock began there.
@@ -150,7 +150,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.last_batch_end = self.test_started = None
         self.test_batches = 0
         self.in_phase = False
-        self.stopped_at = None   # the clock when the last step ended
+        self.stopped_at = self.reserved = None   # the clock when the steps stopped, and the reserve then
 
     def clock(self) -> float:
         """Seconds of the budget used: earlier sessions' and this one's since `origin`."""
@@ -159,7 +159,7 @@ class TimeBudget(keras.callbacks.Callback):
     def reserve(self) -> float:
         """Seconds kept back for the final evaluation and the exports."""
         per_batch = self.eval_batch_seconds or 0.5 * (self.step_seconds or 0.0)
-        epoch_end = self.epoch_end_seconds if self.epoch_end_seconds is not None else self.validation_batches * per_batch
+        epoch_end = self.epoch_end_seconds if self.epoch_end_seconds is not None else self.dev_batches * per_batch
         return epoch_end + self.final_batches * per_batch + self.publish_seconds
 
     def stop_seconds(self) -> float:
@@ -206,8 +206,17 @@ class TimeBudget(keras.callbacks.Callback):
             self.step_seconds = took if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * took
         self.last_batch_end = now
         if self.used_up or (self.in_phase and not self.in_first_phase):
-            self.model.stop_training = True
-            self.stopped_at = self.clock()
+            self.stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The next step would come only after this epoch's probe and checkpoints: if that is past the
+        # point where the steps must end, end here.
+        if self.clock() + (self.epoch_end_seconds or 0.0) >= self.stop_seconds():
+            self.stop()
+
+    def stop(self) -> None:
+        self.model.stop_training = True
+        self.stopped_at, self.reserved = self.clock(), self.reserve()
 
     def on_test_begin(self, logs=None):
         self.test_started, self.test_batches = time.perf_counter(), 0

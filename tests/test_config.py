@@ -48,3 +48,8 @@ def test_unknown_preset():
 def test_describe_lists_preset_and_values():
     text = config.describe(config.make_config("tiny"))
     assert text.startswith("config: preset=tiny") and "vocab_size = 1000" in text
+
+
+def test_a_renamed_key_still_takes_its_old_name(capsys):
+    assert config.make_config("cpu", {"validation_batches": "5"}).dev_batches == 5
+    assert "validation_batches is now called dev_batches" in capsys.readouterr().err

@@ -91,3 +91,23 @@ def test_a_history_written_before_the_dev_columns_still_draws_and_resumes(tmp_pa
     assert [row["dev_loss"] for row in kept] == ["6.5", "5.5"]
     assert open(tmp_path / resume.HISTORY).readline().strip() == "epoch,loss,masked_accuracy,dev_loss,dev_masked_accuracy"
     assert resume.best_validation_loss(str(tmp_path), kept) is None   # no best.keras here
+
+
+def test_the_curves_name_the_dev_split(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from imdb_bert import monitoring
+
+    labels = []
+    save = matplotlib.figure.Figure.savefig
+
+    def recording(figure, *args, **kwargs):
+        labels.extend(text.get_text() for axis in figure.axes if axis.get_legend()
+                      for text in axis.get_legend().get_texts())
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    rows = [{"epoch": str(epoch), "loss": "6.0", "masked_accuracy": "0.05", "dev_loss": str(6.5 - epoch),
+             "dev_masked_accuracy": "0.07", "learning_rate": "0.001"} for epoch in range(2)]
+    monitoring.save_curves(rows, str(tmp_path / "curves.png"), "a run")
+    assert labels == ["training", "dev (per-epoch choices; not the held-out reviews)"] * 2

@@ -47,6 +47,8 @@ def test_a_run_made_before_a_config_key_existed_stays_current(trained_run, tmp_p
     older = manifest(data_dir, "runs", "tiny")
     for key in pipeline.ADDED_KEYS:
         older["config"].pop(key, None)
+    for old_name, new_name in pipeline.RENAMED_KEYS.items():   # and a renamed key under its old name
+        older["config"][old_name] = older["config"].pop(new_name)
     with open(path, "w") as out:
         json.dump(older, out)
     assert "model_training: up to date" in run_stage(["model_training.py"], data_dir).stdout

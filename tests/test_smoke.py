@@ -22,7 +22,7 @@ def test_benchmark_prints_its_table_on_a_tiny_shape(built_data):
 def test_the_gpu_preset_shape_trains_saves_and_serves_on_cpu(built_data, tmp_path):
     data_dir = copy_data(built_data, tmp_path)
     # mixed_float16 (with Keras' loss scaling), as auto picks on a T4 or V100.
-    short = ["epochs=1", "steps_per_epoch=3", "validation_batches=2", "checkpoint_every_steps=0",
+    short = ["epochs=1", "steps_per_epoch=3", "dev_batches=2", "checkpoint_every_steps=0",
              "mixed_precision=mixed_float16"]
     for script in ["data_prep.py", "tokeniser_build.py"]:
         run_stage([script, "--preset", "gpu"], data_dir)
