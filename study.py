@@ -89,7 +89,7 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
                                         f"max_seq_len {config.max_seq_len}")
     run = pretraining.start(config, pipeline.training_identity(config), force=True)
     pretraining.build(run)
-    pretraining.fit(run)
+    pretraining.fit(run, whole_stage=False)   # equal training time; the scoring below is outside it
     dev_windows = run.dev_windows if score_seq_len == config.max_seq_len else inputs.window_dataset(
         artifacts.prepared_dir(config.data_dir), "dev", run.tokenizer, score_seq_len)
     scores = evaluation.masked_token_scores(run.model, dev_windows.take(DEV_WINDOWS), len(run.tokens),

@@ -129,8 +129,12 @@ def build(run: Run) -> None:
         run.model.summary(line_length=100, expand_nested=True)
 
 
-def fit(run: Run) -> None:
-    """Train the epochs the run still lacks, checkpointing as it goes; a NaN loss stops it in one line."""
+def fit(run: Run, whole_stage: bool = True) -> None:
+    """Train the epochs the run still lacks, checkpointing as it goes; a NaN loss stops it in one line.
+
+    A time-limited run's clock starts with the stage and keeps back the final evaluation and exports;
+    with `whole_stage` off (the recipe study, which scores its runs outside the budget) it starts
+    with the first step and keeps back only the last epoch's end."""
     config, model = run.config, run.model
     history_rows = resume.trim_history(run.work, run.state["epoch"]) if run.state else []
     budget = None
@@ -139,8 +143,9 @@ def fit(run: Run) -> None:
         # batches) and the cloze sentences (3,000, about 100 batches' worth).
         final_batches = -(-run.counts["validation_windows"] // config.batch_size) + 120
         budget = run.budget = training.TimeBudget(
-            config.train_minutes, config.learning_rate, config.warmup_steps, config.lr_schedule, origin=run.origin,
-            final_batches=final_batches, publish_seconds=PUBLISH_SECONDS, dev_batches=config.dev_batches,
+            config.train_minutes, config.learning_rate, config.warmup_steps, config.lr_schedule,
+            origin=run.origin if whole_stage else None, final_batches=final_batches if whole_stage else 0,
+            publish_seconds=PUBLISH_SECONDS if whole_stage else 0.0, dev_batches=config.dev_batches,
             phase_share=config.short_seq_share if config.short_seq_len else 0.0, state=run.state)
     # A time-limited run checkpoints by the clock, so a faster machine does not checkpoint more often.
     checkpoint = resume.TrainingCheckpoint(run.work, 0 if budget else config.checkpoint_every_steps,
@@ -180,7 +185,7 @@ def fit(run: Run) -> None:
                 f"training stopped: the loss became NaN in epoch {checkpoint.nan_epoch + 1} (learning_rate "
                 f"{config.learning_rate} is likely too high); {run.work} keeps the last good checkpoint, if any — "
                 "rerun with a lower --set learning_rate=... and --force")
-        if budget and budget.used_up:
+        if budget and budget.used_up and not budget.phase_ended:
             break
         if short and not budget.in_first_phase and trained.epoch:
             # The short windows' share ended mid-epoch, and that epoch with it: go on with full windows.

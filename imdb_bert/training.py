@@ -117,8 +117,8 @@ def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int):
 
 class TimeBudget(keras.callbacks.Callback):
     """The training stage's wall-clock budget: `minutes` from the stage's start (`origin`, a
-    `time.perf_counter()` reading) to the published run folder, everything included: steps,
-    validation, probes, checkpoints, and the final evaluation and exports. It keeps back what comes after
+    `time.perf_counter()` reading; without one, from the end of the first step) to the published run
+    folder, everything included: steps, validation, probes, checkpoints, the final evaluation, exports. It keeps back what comes after
     the last step: that epoch's end (validation, probe, checkpoints), as long as the last epoch end took
     (before the first, `dev_batches` batches), the held-out evaluation's `final_batches` at the
     time per batch the run's validation passes measure (before the first, half a training step), and
@@ -139,7 +139,7 @@ class TimeBudget(keras.callbacks.Callback):
                  state: dict | None = None, dev_batches: int = 0):
         super().__init__()
         self.budget, self.peak, self.warmup_steps, self.kind = minutes * 60.0, peak, warmup_steps, kind
-        self.origin = time.perf_counter() if origin is None else origin
+        self.origin = origin   # None: the clock starts when the first step (which builds the graph) ends
         self.final_batches, self.publish_seconds, self.phase_share = final_batches, publish_seconds, phase_share
         self.dev_batches, self.epoch_end_seconds = dev_batches, None
         state = state or {}
@@ -149,12 +149,12 @@ class TimeBudget(keras.callbacks.Callback):
         self.step, self.step_seconds, self.eval_batch_seconds = 0, None, None
         self.last_batch_end = self.test_started = None
         self.test_batches = 0
-        self.in_phase = False
+        self.in_phase = self.phase_ended = False
         self.stopped_at = self.reserved = None   # the clock when the steps stopped, and the reserve then
 
     def clock(self) -> float:
         """Seconds of the budget used: earlier sessions' and this one's since `origin`."""
-        return self.spent + time.perf_counter() - self.origin
+        return self.spent + (time.perf_counter() - self.origin if self.origin is not None else 0.0)
 
     def reserve(self) -> float:
         """Seconds kept back for the final evaluation and the exports."""
@@ -185,6 +185,7 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))   # once, not every step
         self.in_phase = self.in_first_phase
+        self.phase_ended = False
         self.last_batch_end = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -201,11 +202,16 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         now = time.perf_counter()
+        if self.origin is None:
+            self.origin = now
         if self.last_batch_end is not None:   # the first step of a fit call also builds the graph
             took = now - self.last_batch_end
             self.step_seconds = took if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * took
         self.last_batch_end = now
-        if self.used_up or (self.in_phase and not self.in_first_phase):
+        if self.used_up:
+            self.stop()
+        elif self.in_phase and not self.in_first_phase:
+            self.phase_ended = True   # the caller goes on with the second phase, whatever the epoch's end costs
             self.stop()
 
     def on_epoch_end(self, epoch, logs=None):
