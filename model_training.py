@@ -44,8 +44,8 @@ def main():
     print(f"model_training: probe top-1 {top['predicted mask token']!r} p={top['probability']:.3f}; "
           f"{metrics['epochs']} epochs, {metrics['optimizer_steps']} steps, best epoch {metrics['best_epoch']} "
           f"-> {config.run_dir} (read {config.run_dir}/report.md first)")
-    if run.budget_figures:
-        figures = run.budget_figures
+    if run.budget:
+        figures = run.budget.figures()
         took = run.budget.clock()
         print(f"model_training: the stage took {took:.0f}s of its {figures['budget_seconds']:.0f}s budget; steps "
               f"stopped at {figures['steps_stopped_at_seconds']:.0f}s, reckoning {figures['reserved_seconds']:.0f}s for "

@@ -52,7 +52,7 @@ class Run:
     fit_seconds: float = 0.0
     origin: float = 0.0                 # time.perf_counter() when the stage started: a time budget's zero
     budget: object = None               # the training.TimeBudget of a time-limited run
-    budget_figures: dict = field(default_factory=dict)   # where its steps stopped and what it kept back
+    cloze: list = field(default_factory=list)   # the cloze set, when start() built or read it
 
 
 def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | None = None) -> Run:
@@ -72,7 +72,7 @@ def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | No
     run.work = resume.work_dir(config.run_dir)
     run.state = resume.open_work_dir(run.work, identity, force)
     if cloze_vocab_sizes:
-        evaluation.ensure_cloze_set(config.data_dir, identity["inputs"]["prepared"], cloze_vocab_sizes,
+        run.cloze = evaluation.ensure_cloze_set(config.data_dir, identity["inputs"]["prepared"], cloze_vocab_sizes,
                                     config.vocab_min_word_count, evaluation.PROTOCOL_SEED)
 
     keras.utils.set_random_seed(config.seed)
@@ -191,11 +191,6 @@ def fit(run: Run, whole_stage: bool = True) -> None:
             # The short windows' share ended mid-epoch, and that epoch with it: go on with full windows.
             plan = [(trained.epoch[-1] + 1, run.epochs, run.steps_per_epoch)]
     run.fit_seconds = time.time() - started
-    if budget:
-        stopped_at = budget.stopped_at if budget.stopped_at is not None else budget.clock()
-        reserved = budget.reserved if budget.reserved is not None else budget.reserve()
-        run.budget_figures = {"budget_seconds": budget.budget, "steps_stopped_at_seconds": round(stopped_at, 1),
-                              "reserved_seconds": round(reserved, 1)}
 
 
 def history(run: Run) -> list[dict]:
@@ -207,8 +202,9 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
     """metrics.json: the held-out scores of evaluate.py (fixed-protocol masked tokens over the whole
     validation split, word-level cloze), the run's course, and the probe's final fills."""
     config, model = run.config, run.model
-    cloze = evaluation.ensure_cloze_set(config.data_dir, run.identity["inputs"]["prepared"], cloze_vocab_sizes,
-                                        config.vocab_min_word_count, evaluation.PROTOCOL_SEED)
+    cloze = run.cloze or evaluation.ensure_cloze_set(config.data_dir, run.identity["inputs"]["prepared"],
+                                                     cloze_vocab_sizes, config.vocab_min_word_count,
+                                                     evaluation.PROTOCOL_SEED)
     scores = evaluation.scores_of(model, run.tokenizer, run.tokens, run.validation_windows, cloze,
                                   config.max_seq_len, config.batch_size)
     copying = training.all_positions_accuracy(
@@ -233,7 +229,7 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
         "epochs": len(rows), "steps_per_epoch": run.steps_per_epoch, "optimizer_steps": optimizer_steps,
         "best_epoch": int(best["epoch"]) + 1, "best_dev_loss": float(monitoring.dev_value(best, "loss")),
         "precision": run.precision, "fit_seconds_this_session": round(run.fit_seconds, 1),
-        **({"time_budget": run.budget_figures} if run.budget_figures else {}),
+        **({"time_budget": run.budget.figures()} if run.budget else {}),
         "tokens_per_second": round(steps_this_session * config.batch_size * run.counts["mean_sequence"]
                                    / run.fit_seconds, 1) if run.fit_seconds > 1 else None,
         "probe": [fill for phrase in config.probe_phrases

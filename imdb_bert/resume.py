@@ -163,8 +163,9 @@ def _finite(value) -> bool:
 
 class TrainingCheckpoint(keras.callbacks.Callback):
     """Saves the model and optimizer weights and the position in training at each epoch end and
-    every `every_steps` steps or `every_seconds` seconds (whichever is set), atomically. Put it after the logging callbacks, so an epoch's
-    history row is written before the state that says the epoch is done.
+    every `every_steps` steps or `every_seconds` seconds (whichever is set), atomically. Put it after
+    the logging callbacks, so an epoch's history row is written before the state that says the epoch
+    is done.
 
     A non-finite loss is never saved; `nan_epoch` records the epoch where it appeared.
     """

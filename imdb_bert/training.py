@@ -118,8 +118,8 @@ def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int):
 class TimeBudget(keras.callbacks.Callback):
     """The training stage's wall-clock budget: `minutes` from the stage's start (`origin`, a
     `time.perf_counter()` reading; without one, from the end of the first step) to the published run
-    folder, everything included: steps, validation, probes, checkpoints, the final evaluation, exports. It keeps back what comes after
-    the last step: that epoch's end (validation, probe, checkpoints), as long as the last epoch end took
+    folder, everything included: steps, validation, probes, checkpoints, the final evaluation, exports.
+    It keeps back what comes after the last step: that epoch's end (validation, probe, checkpoints), as long as the last epoch end took
     (before the first, `dev_batches` batches), the held-out evaluation's `final_batches` at the
     time per batch the run's validation passes measure (before the first, half a training step), and
     `publish_seconds`.
@@ -223,6 +223,13 @@ class TimeBudget(keras.callbacks.Callback):
     def stop(self) -> None:
         self.model.stop_training = True
         self.stopped_at, self.reserved = self.clock(), self.reserve()
+
+    def figures(self) -> dict:
+        """Where the steps stopped, and what was kept back then (for metrics.json and the last line)."""
+        stopped_at = self.stopped_at if self.stopped_at is not None else self.clock()
+        reserved = self.reserved if self.reserved is not None else self.reserve()
+        return {"budget_seconds": self.budget, "steps_stopped_at_seconds": round(stopped_at, 1),
+                "reserved_seconds": round(reserved, 1)}
 
     def on_test_begin(self, logs=None):
         self.test_started, self.test_batches = time.perf_counter(), 0
