@@ -83,7 +83,7 @@ class Config:
     # Stage 4: optimisation.
     batch_size: int = 32              # windows per optimizer step (the global batch on several devices)
     epochs: int = 6                   # with train_minutes=0: epochs x steps_per_epoch steps
-    train_minutes: float = 12.0       # > 0: the whole training stage (steps, validation, probes, checkpoints,
+    train_minutes: float = 15.0       # > 0: the whole training stage (steps, validation, probes, checkpoints,
                                       # final evaluation, exports) takes this many minutes of wall clock, and
                                       # the learning rate decays over the time, so a faster machine makes more
                                       # steps in it; epochs x steps_per_epoch only caps the steps

@@ -17,7 +17,7 @@ finished as model_training.py finishes one (held-out metrics, report, exports) i
 <runs_dir>/study/<variant>-s<seed>, for `evaluate.py --compare` of the final figures (the choice
 is the dev row's). Needs the prepared data and the vocabulary of that config (./run_pipeline.sh
 makes both). A run shorter than the recipe's train_minutes warms up over the same share of its
-time (warmup_steps scaled by minutes / train_minutes), so a 5-minute screen of the 12-minute cpu
+time (warmup_steps scaled by minutes / train_minutes), so a 5-minute screen of the 15-minute cpu
 recipe has the same schedule shape.
 """
 
