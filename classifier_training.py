@@ -50,7 +50,7 @@ def train(config, identity, folder, compare, splits, dev_only=False):
     import keras
 
     from imdb_bert import classifier, export, probe, training, vocab
-    from imdb_bert.model import BertEncoder, ModelConfig
+    from imdb_bert.model import ModelConfig, build_masked_lm
 
     # Length-grouped batches have no known count, so every pass "runs out of data" by design; the
     # encoder's vocabulary bias belongs to the masked-LM head and rightly gets no gradient here.
@@ -81,25 +81,25 @@ def train(config, identity, folder, compare, splits, dev_only=False):
 
     fine_tuning = pipeline.settings(classifier.FineTuneConfig, config)
 
-    def fit_on_train(name, encoder, work):
-        """The classifier on `encoder`, trained with the epoch of the best dev accuracy kept."""
+    def fit_on_train(name, masked_lm, work):
+        """The classifier on the encoder of `masked_lm`, trained with the epoch of the best dev accuracy kept."""
         print(f"classifier_training: {name}: {config.classifier_epochs} epochs x {steps_per_epoch} steps")
         logs = [keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv"))] if work else []
-        return classifier.fine_tune(encoder, fine_tuning, train_data, dev, config.classifier_epochs, steps_per_epoch,
-                                    callbacks=logs)
+        return classifier.fine_tune(masked_lm, fine_tuning, tokens, train_data, dev, config.classifier_epochs,
+                                    steps_per_epoch, callbacks=logs)
 
     if dev_only:
         started = time.time()
         pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
-        _, best, dev_accuracies = fit_on_train("pretrained", pretrained.encoder, work=None)
+        _, best, dev_accuracies = fit_on_train("pretrained", pretrained, work=None)
         classifier.record_study_row(
             os.path.join(config.runs_dir, "fine_tune_study.csv"),
             {"run": os.path.basename(config.run_dir), "run_fingerprint": identity["inputs"]["run"], "seed": config.seed},
             {key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS}, best, dev_accuracies, time.time() - started)
         return
 
-    def fine_tune(name, encoder, work):
-        model, best, _ = fit_on_train(name, encoder, work)
+    def fine_tune(name, masked_lm, work):
+        model, best, _ = fit_on_train(name, masked_lm, work)
         result = classifier.evaluate_picked(model, held_out, best)
         print(f"classifier_training: {name}: epoch {best.best_epoch + 1} picked on dev (accuracy {best.best:.4f}); "
               f"held-out accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}")
@@ -107,7 +107,7 @@ def train(config, identity, folder, compare, splits, dev_only=False):
 
     with artifacts.atomic_dir(folder) as work:
         pretrained = probe.load_model(os.path.join(config.run_dir, "model.keras"))
-        model, results = fine_tune("pretrained", pretrained.encoder, work)
+        model, results = fine_tune("pretrained", pretrained, work)
         metrics = {"held_out": "validation split of data/prepared (labelled reviews only)",
                    "train_reviews": counts["train"], "dev_reviews": counts["dev"],
                    "held_out_reviews": counts["validation"],
@@ -115,8 +115,8 @@ def train(config, identity, folder, compare, splits, dev_only=False):
                    "fine_tuned_pretrained": results}
         if compare:
             keras.utils.set_random_seed(config.seed)
-            scratch_encoder = BertEncoder(pipeline.settings(ModelConfig, config, vocab_size=len(tokens)))
-            metrics["same_architecture_from_scratch"] = fine_tune("scratch", scratch_encoder, work)[1]
+            scratch = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=len(tokens)))
+            metrics["same_architecture_from_scratch"] = fine_tune("scratch", scratch, work)[1]
             metrics["bag_of_words_logistic_regression"] = classifier.bag_of_words_baseline(
                 prepared, config.bag_of_words_epochs, config.seed)
         model.save(os.path.join(work, "classifier.keras"))

@@ -115,6 +115,8 @@ class Config:
     classifier_windows: str = "head"  # which of a longer review's windows: head (its first ones) | head_tail
                                       # (half from its start, half from its end)
     classifier_pooling: str = "mean"  # mean (every real token of the review) | cls (each window's [CLS] state)
+                                      # | layers (each layer's mean, side by side: embeddings and blocks)
+                                      # | cloze ("<window> it was [MASK] .", read by the masked-LM head)
     classifier_layer_decay: float = 1.0   # below 1: each layer down the encoder trains at this times the rate above it
     classifier_encoder_rate: float = 1.0  # the encoder's learning rate as a share of the head's (below 1: the
                                           # pretrained weights move less than the new head)
@@ -179,7 +181,7 @@ class Config:
                    "strategy": ("auto", "mirrored", "multi_worker", "tpu"),
                    "classifier_windows": ("head", "head_tail"),
                    "objective": ("mlm", "electra"),
-                   "classifier_pooling": ("mean", "cls")}
+                   "classifier_pooling": ("mean", "cls", "layers", "cloze")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -47,15 +47,15 @@ def study_table(rows: list[dict]) -> str:
 def label_screen_table(rows: list[dict]) -> str:
     """label_curve.py --dev-only rows: dev accuracy per run, fine-tuning settings, model and label count
     (mean over seeds and their range)."""
-    settings = ("classifier_learning_rate", "classifier_encoder_rate", "classifier_layer_decay")
+    settings = ("classifier_pooling", "classifier_learning_rate", "classifier_encoder_rate", "classifier_layer_decay")
     groups: dict[tuple, list[float]] = {}
     for row in rows:
         key = (row["run"], *(row.get(name, "") for name in settings), row["model"], row["labels"])
         groups.setdefault(key, []).append(float(row["accuracy"]))
-    lines = ["| run | learning rate | encoder rate | layer decay | model | labels | seeds | dev accuracy (mean) | min–max |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (run, rate, encoder_rate, decay, model, labels), values in groups.items():
-        lines.append(f"| {run} | {rate} | {encoder_rate} | {decay} | {model} | {labels} | {len(values)} | "
+    lines = ["| run | pooling | learning rate | encoder rate | layer decay | model | labels | seeds | dev accuracy (mean) "
+             "| min–max |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (run, pooling, rate, encoder_rate, decay, model, labels), values in groups.items():
+        lines.append(f"| {run} | {pooling} | {rate} | {encoder_rate} | {decay} | {model} | {labels} | {len(values)} | "
                      f"{sum(values) / len(values):.4f} | {min(values):.4f}–{max(values):.4f} |")
     return "\n".join(lines)
 

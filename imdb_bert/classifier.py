@@ -98,28 +98,147 @@ class MeanOfWindowStarts(layers.Layer):
         return (windows_shape[0], hidden_shape[-1])
 
 
-# classifier_pooling -> the layer and its name (the mean's name is the one saved classifiers have).
+# classifier_pooling -> the layer and its name (the mean's name is the one saved classifiers have);
+# "layers" is the mean of every representation layer's states (SentimentClassifier).
 POOLINGS = {"mean": (MeanOverReview, "mean_over_review"), "cls": (MeanOfWindowStarts, "mean_of_window_starts")}
+
+
+def representation_layers(encoder: keras.Model) -> list[str]:
+    """The encoder's representation after the embeddings, after each block and (pre-LN) after the final norm."""
+    names = [layer.name for layer in encoder.layers
+             if layer.name in ("position_embedding", "embedding_norm") or layer.name.startswith("block_")
+             or layer.name == "final_norm"]
+    if "embedding_norm" in names:
+        names.remove("position_embedding")
+    return names
+
+
+# Prompt-based fine-tuning (LM-BFF, Gao et al. 2021, after PET, Schick & Schuetze 2021): each window
+# is read as a cloze, "<window> it was [MASK] .", and the pretrained masked-LM head's scores of words
+# that say positive against words that say negative give the logit, so the classifier starts from what
+# pretraining learnt instead of from a random head. The template and words are LM-BFF's for SST-2,
+# widened to three words a side; fixed before any run was scored.
+CLOZE_PROMPT = ("it", "was", "[MASK]", ".")
+CLOZE_WORDS = {"positive": ("great", "good", "excellent"), "negative": ("bad", "terrible", "awful")}
+
+
+def cloze_ids(tokens: list[str]) -> dict:
+    """The prompt's ids and the positive and negative words' ids in the vocabulary `tokens`
+    (StageError if a word is not one whole word piece of it)."""
+    index = {token: position for position, token in enumerate(tokens)}
+    missing = [word for word in CLOZE_PROMPT + CLOZE_WORDS["positive"] + CLOZE_WORDS["negative"] if word not in index]
+    if missing:
+        raise artifacts.StageError("classifier_pooling=cloze needs these words as whole word pieces of the vocabulary: "
+                                   f"{', '.join(missing)}; choose another pooling or a larger vocab_size")
+    return {"prompt": [index[word] for word in CLOZE_PROMPT],
+            **{side: [index[word] for word in words] for side, words in CLOZE_WORDS.items()}}
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class AppendPrompt(layers.Layer):
+    """Windows [n, s] -> the same windows with `prompt_ids` before their `[SEP]`, the content cut where
+    it must be for the window to stay within `max_seq_len`; padding windows stay padding."""
+
+    def __init__(self, prompt_ids: list[int], max_seq_len: int, **kwargs):
+        super().__init__(**kwargs)
+        self.prompt_ids, self.max_seq_len = list(prompt_ids), max_seq_len
+
+    def call(self, windows):
+        windows = tf.convert_to_tensor(windows)
+        lengths = tf.reduce_sum(tf.cast(tf.not_equal(windows, inputs.PAD_ID), tf.int32), axis=1)
+        without_sep = tf.RaggedTensor.from_tensor(windows, lengths=tf.maximum(lengths - 1, 0))
+        kept = without_sep[:, :self.max_seq_len - 1 - len(self.prompt_ids)]
+        ending = tf.constant(self.prompt_ids + [inputs.SEP_ID], tf.int32)
+        endings = tf.RaggedTensor.from_tensor(tf.tile(ending[None], [tf.shape(windows)[0], 1]))
+        prompted = tf.concat([kept, endings], axis=1).to_tensor(default_value=inputs.PAD_ID)
+        return tf.where(lengths[:, None] > 0, prompted, inputs.PAD_ID)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None)
+
+    def get_config(self):
+        return {**super().get_config(), "prompt_ids": self.prompt_ids, "max_seq_len": self.max_seq_len}
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class MaskPosition(layers.Layer):
+    """Windows [n, s] -> [n, 1], where each window's (first) `[MASK]` is."""
+
+    def call(self, windows):
+        return ops.expand_dims(ops.argmax(ops.cast(ops.equal(windows, inputs.MASK_ID), "int32"), axis=1), 1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+
+@keras.saving.register_keras_serializable(package="imdb_bert")
+class ClozeVerdict(layers.Layer):
+    """Vocabulary logits at each window's `[MASK]` [reviews * windows, 1, vocab] -> [reviews, 1]: the
+    log-odds of the positive words against the negative words, averaged over the review's windows."""
+
+    def __init__(self, positive_ids: list[int], negative_ids: list[int], **kwargs):
+        super().__init__(**kwargs)
+        self.positive_ids, self.negative_ids = list(positive_ids), list(negative_ids)
+
+    def call(self, logits, windows):
+        logits = ops.cast(logits[:, 0, :], "float32")
+        score = (ops.logsumexp(ops.take(logits, self.positive_ids, axis=1), axis=1)
+                 - ops.logsumexp(ops.take(logits, self.negative_ids, axis=1), axis=1))
+        real = ops.cast(ops.not_equal(windows[:, :, 0], inputs.PAD_ID), "float32")                 # [reviews, w]
+        score = ops.reshape(score, ops.shape(real))
+        return ops.expand_dims(ops.sum(score * real, axis=1) / ops.maximum(ops.sum(real, axis=1), 1.0), 1)
+
+    def compute_output_shape(self, logits_shape, windows_shape):
+        return (windows_shape[0], 1)
+
+    def get_config(self):
+        return {**super().get_config(), "positive_ids": self.positive_ids, "negative_ids": self.negative_ids}
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
 class SentimentClassifier(keras.Model):
     """Review windows [reviews, windows, ids] -> one sentiment logit per review (> 0: positive): the
-    encoder with a pooling (`POOLINGS`) and a one-logit head put on it."""
+    encoder with a pooling (`POOLINGS`, "layers" or "cloze") and a one-logit head put on it.
 
-    def __init__(self, encoder: keras.Model, dropout: float = 0.1, pooling: str = "mean", **kwargs):
+    "layers" reads every representation layer, not only the top: each layer's states are averaged over
+    the review and layer-normalised, and the head sees them side by side (the frozen probe found the
+    embeddings of a briefly pretrained encoder hold more sentiment than its blocks; docs/transfer.md).
+    "cloze" puts the masked-LM head `mlm_head` (a new one if none is given) on the encoder and reads
+    the prompt's `[MASK]` (`cloze_ids`); one scale and offset turn its log-odds into the logit.
+    """
+
+    def __init__(self, encoder: keras.Model, dropout: float = 0.1, pooling: str = "mean", cloze: dict | None = None,
+                 mlm_head: layers.Layer | None = None, **kwargs):
         windows = keras.Input(shape=(None, None), dtype="int32", name="windows")
         policy = encoder.layer_policy
-        hidden = encoder(FlattenWindows(name="flatten_windows", dtype=policy)(windows))
-        pooling_layer, name = POOLINGS[pooling]
-        pooled = pooling_layer(name=name, dtype=policy)(hidden, windows)
-        pooled = layers.Dropout(dropout, name="classifier_dropout", dtype=policy)(pooled)
-        logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
+        flat = FlattenWindows(name="flatten_windows", dtype=policy)(windows)
+        if pooling == "cloze":
+            from imdb_bert.model import MaskedLMHead
+
+            mlm_head = mlm_head or MaskedLMHead(encoder.config, encoder.token_embedding, name="mlm_head", dtype=policy)
+            prompted = AppendPrompt(cloze["prompt"], encoder.config.max_seq_len, name="append_prompt")(flat)
+            vocabulary_logits = mlm_head(encoder(prompted), MaskPosition(name="mask_position")(prompted))
+            pooled = ClozeVerdict(cloze["positive"], cloze["negative"], name="cloze_verdict")(vocabulary_logits, windows)
+            logit = layers.Dense(1, name="sentiment", dtype="float32", kernel_initializer="ones")(pooled)
+        else:
+            if pooling == "layers":
+                names = representation_layers(encoder)
+                every_layer = keras.Model(encoder.input, [encoder.get_layer(name).output for name in names],
+                                          name="encoder_layers")(flat)
+                pooled = layers.Concatenate(name="layers_side_by_side", dtype=policy)(
+                    [layers.LayerNormalization(epsilon=1e-6, name=f"{name}_review_norm", dtype=policy)(
+                        MeanOverReview(name=f"{name}_review_mean", dtype=policy)(hidden, windows))
+                     for name, hidden in zip(names, every_layer)])
+            else:
+                pooling_layer, name = POOLINGS[pooling]
+                pooled = pooling_layer(name=name, dtype=policy)(encoder(flat), windows)
+            pooled = layers.Dropout(dropout, name="classifier_dropout", dtype=policy)(pooled)
+            logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
         super().__init__(windows, ops.squeeze(logit, -1), **{"name": "sentiment_classifier", **kwargs})
-        self.encoder, self.dropout_rate, self.pooling = encoder, dropout, pooling
+        self.encoder, self.dropout_rate, self.pooling, self.cloze = encoder, dropout, pooling, cloze
 
     def get_config(self):
-        return {"name": self.name, "dropout": self.dropout_rate, "pooling": self.pooling,
+        return {"name": self.name, "dropout": self.dropout_rate, "pooling": self.pooling, "cloze": self.cloze,
                 "encoder": keras.saving.serialize_keras_object(self.encoder)}
 
     @classmethod
@@ -215,11 +334,19 @@ class FineTuneConfig:
     classifier_weight_decay: float = 0.01
 
 
-def fine_tune(encoder: keras.Model, settings: FineTuneConfig, train: tf.data.Dataset, dev: tf.data.Dataset,
-              epochs: int, steps_per_epoch: int, callbacks: list | None = None, verbose: int = 2):
-    """The classifier on `encoder` trained on `train` for `epochs`, with the weights of the epoch of
-    the best dev accuracy restored: (model, the `best_epoch_on_dev` callback, dev accuracy per epoch)."""
-    model = SentimentClassifier(encoder, settings.classifier_dropout, settings.classifier_pooling)
+def fine_tune(masked_lm: keras.Model, settings: FineTuneConfig, tokens: list[str], train: tf.data.Dataset,
+              dev: tf.data.Dataset, epochs: int, steps_per_epoch: int, callbacks: list | None = None, verbose: int = 2):
+    """The classifier on the encoder of `masked_lm` (with its masked-LM head, for the cloze pooling)
+    trained on `train` for `epochs`, with the weights of the epoch of the best dev accuracy restored:
+    (model, the `best_epoch_on_dev` callback, dev accuracy per epoch)."""
+    from imdb_bert.model import BertMaskedLM
+
+    cloze = settings.classifier_pooling == "cloze"
+    if cloze and not isinstance(masked_lm, BertMaskedLM):
+        raise artifacts.StageError("classifier_pooling=cloze needs a masked-LM run (objective=mlm): this run's "
+                                   "masked-LM head belongs to its ELECTRA generator")
+    model = SentimentClassifier(masked_lm.encoder, settings.classifier_dropout, settings.classifier_pooling,
+                                cloze=cloze_ids(tokens) if cloze else None, mlm_head=masked_lm.head if cloze else None)
     compile_classifier(model, settings.classifier_learning_rate, steps_per_epoch * epochs, settings.classifier_layer_decay,
                        settings.classifier_encoder_rate, settings.classifier_weight_decay)
     best = best_epoch_on_dev(epochs)

@@ -194,7 +194,7 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
     import keras
 
     from imdb_bert import classifier, probe, vocab
-    from imdb_bert.model import BertEncoder
+    from imdb_bert.model import build_masked_lm
 
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     warnings.filterwarnings("ignore", message="Gradients do not exist for variables .*output_bias")
@@ -231,9 +231,9 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
                                                               seed, verbose=0, learning_rate=BAG_OF_WORDS_RATE)
                     result = classifier.evaluate_picked(model, held_out_reviews.batch(256), best)
                 else:
-                    encoder = (probe.load_model(model_path).encoder if model_name == "pretrained"
-                               else BertEncoder(model_config))
-                    model, best, _ = classifier.fine_tune(encoder, fine_tuning, train, dev, schedule.epochs,
+                    masked_lm = (probe.load_model(model_path) if model_name == "pretrained"
+                                 else build_masked_lm(model_config))
+                    model, best, _ = classifier.fine_tune(masked_lm, fine_tuning, tokens, train, dev, schedule.epochs,
                                                           steps_per_epoch, verbose=0)
                     result = classifier.evaluate_picked(model, held_out, best)
                 row = {"labels": count, "train_reviews": reviews, "seed": seed, "model": model_name,

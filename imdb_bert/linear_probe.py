@@ -38,19 +38,9 @@ def review_sets(prepared: str, tokenizer, labels: int, max_seq_len: int, max_win
                                                                 DEV_REVIEWS)[0]))
 
 
-def layer_names(encoder: keras.Model) -> list[str]:
-    """The encoder's representation after the embeddings, after each block and (pre-LN) after the final norm."""
-    names = [layer.name for layer in encoder.layers
-             if layer.name in ("position_embedding", "embedding_norm") or layer.name.startswith("block_")
-             or layer.name == "final_norm"]
-    if "embedding_norm" in names:
-        names.remove("position_embedding")
-    return names
-
-
 def review_features(encoder: keras.Model, batches: tf.data.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({layer name: [reviews, hidden] mean-pooled features}, labels) of (windows, label) batches."""
-    names = layer_names(encoder)
+    names = classifier.representation_layers(encoder)
     layers_model = keras.Model(encoder.input, [encoder.get_layer(name).output for name in names])
     pool = classifier.MeanOverReview()
 

@@ -65,3 +65,14 @@ def test_model_training_trains_the_tiny_preset_with_electra_and_its_loss_falls(b
                        "objective=electra", "run_name=electra")
     assert len(json.loads(filled.stdout)) == 5
     assert "Traceback" not in trained.stderr
+
+
+def test_the_cloze_classifier_refuses_an_electra_run_whose_head_is_the_generators():
+    import pytest
+
+    from imdb_bert import artifacts, classifier
+
+    settings = classifier.FineTuneConfig(classifier_learning_rate=1e-3, classifier_layer_decay=1.0,
+                                         classifier_dropout=0.1, classifier_pooling="cloze")
+    with pytest.raises(artifacts.StageError, match="ELECTRA generator"):
+        classifier.fine_tune(small_pretrainer(), settings, ["[PAD]"], None, None, epochs=1, steps_per_epoch=1)

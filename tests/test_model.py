@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import config
 from conftest import ROOT, masked_lm_for
-from imdb_bert import inputs, model, training
+from imdb_bert import artifacts, inputs, model, training
 
 VOCAB = 300
 
@@ -133,6 +133,62 @@ def test_a_classifier_head_goes_on_the_same_encoder_object(tiny_model):
     assert sentiment.encoder is tiny_model.encoder
     shared = {id(weight) for weight in tiny_model.encoder.weights}
     assert shared <= {id(weight) for weight in sentiment.weights}
+
+
+def test_a_classifier_on_every_layer_reads_each_layers_mean_and_reloads_as_saved(tiny_model, tmp_path):
+    from imdb_bert import classifier
+
+    encoder = classifier_copy(tiny_model.encoder)
+    sentiment = classifier.SentimentClassifier(encoder, dropout=0.0, pooling="layers")
+    names = classifier.representation_layers(encoder)
+    assert names[0] == "position_embedding" and names[-1] == "final_norm" and len(names) == encoder.config.num_layers + 2
+    assert sentiment.get_layer("sentiment").kernel.shape == (len(names) * encoder.config.hidden_size, 1)
+    assert {id(weight) for weight in encoder.weights} <= {id(weight) for weight in sentiment.weights}
+    windows = np.random.default_rng(0).integers(5, 100, (3, 2, 16)).astype(np.int32)
+    windows[0, 1] = 0    # a review of one window
+    path = tmp_path / "layers.keras"
+    sentiment.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(windows, verbose=0), sentiment.predict(windows, verbose=0), atol=1e-5)
+
+
+def test_the_cloze_prompt_goes_before_each_windows_sep_and_the_content_is_cut_to_fit():
+    from imdb_bert import classifier
+
+    cls, sep, mask = inputs.CLS_ID, inputs.SEP_ID, inputs.MASK_ID
+    prompt = [20, 21, mask, 22]
+    windows = np.array([[cls, 10, 11, sep, 0, 0, 0, 0, 0, 0],           # short: the prompt is added
+                        [cls, 1, 2, 3, 4, 5, 6, 7, 8, sep],             # full: its last words give way
+                        [0] * 10], np.int32)                            # a padding window stays one
+    prompted = keras.ops.convert_to_numpy(classifier.AppendPrompt(prompt, max_seq_len=10)(windows))
+    np.testing.assert_array_equal(prompted, [[cls, 10, 11, 20, 21, mask, 22, sep, 0, 0],
+                                             [cls, 1, 2, 3, 4, 20, 21, mask, 22, sep],
+                                             [0] * 10])
+    tokens = ["[PAD]", "it", "was", "[MASK]", ".", "great", "good", "excellent", "bad", "terrible", "awful"]
+    assert classifier.cloze_ids(tokens) == {"prompt": [1, 2, 3, 4], "positive": [5, 6, 7], "negative": [8, 9, 10]}
+    with pytest.raises(artifacts.StageError, match="awful"):
+        classifier.cloze_ids(tokens[:-1])
+
+
+def test_a_cloze_classifier_starts_as_the_masked_lms_log_odds_and_reloads_as_saved(tiny_model, tmp_path):
+    from imdb_bert import classifier
+
+    cloze = {"prompt": [20, 21, inputs.MASK_ID, 22], "positive": [30, 31], "negative": [40]}
+    sentiment = classifier.SentimentClassifier(tiny_model.encoder, pooling="cloze", cloze=cloze, mlm_head=tiny_model.head)
+    windows = np.random.default_rng(0).integers(50, 100, (2, 2, 12)).astype(np.int32)
+    windows[:, :, 0], windows[:, :, -1] = inputs.CLS_ID, inputs.SEP_ID
+    windows[1, 1] = 0    # the second review has one window
+    logits = sentiment.predict(windows, verbose=0)
+    # The same read off the masked LM itself: the prompt before [SEP], its [MASK] scored.
+    def log_odds(window):
+        ids = list(window[:-1][:64 - 5]) + cloze["prompt"] + [inputs.SEP_ID]
+        scores = predict(tiny_model, ids, [ids.index(inputs.MASK_ID)])[0, 0].astype(np.float64)
+        return (np.log(np.exp(scores[cloze["positive"]]).sum()) - np.log(np.exp(scores[cloze["negative"]]).sum()))
+    expected = [np.mean([log_odds(windows[0, 0]), log_odds(windows[0, 1])]), log_odds(windows[1, 0])]
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    path = tmp_path / "cloze.keras"
+    sentiment.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(windows, verbose=0), logits, atol=1e-5)
 
 
 @pytest.mark.slow
