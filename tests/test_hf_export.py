@@ -22,11 +22,19 @@ UNEVEN_REVIEWS = ["It\xb4s a \x93gem\x94\x97really. Jurassik\xa8 3\xb3", "Stra\x
 
 @pytest.fixture(scope="module")
 def runs(trained_run, tmp_path_factory):
-    """{"pre": the tiny run, "post": a tiny run with post-LN blocks (one epoch)}: (data_dir, run_dir) each."""
-    post_data = copy_data(trained_run, tmp_path_factory.mktemp("post"))
-    run_stage(["model_training.py"], post_data, "norm_position=post", "epochs=1", "run_name=post")
-    return {"pre": (trained_run[0], os.path.join(trained_run[0], "runs", "tiny")),
-            "post": (post_data, os.path.join(post_data, "runs", "post"))}
+    """{"pre": a tiny run, "post": a tiny run with post-LN blocks}: (data_dir, run_dir) each, one epoch.
+
+    Both train in float32, as transformers computes: under mixed precision (what `auto` picks on a CPU
+    with native bf16) our logits carry bf16 rounding, about 1e-2 here, that the exported float32
+    weights do not.
+    """
+    made = {}
+    for norm_position in ("pre", "post"):
+        data_dir = copy_data(trained_run, tmp_path_factory.mktemp(norm_position))
+        run_stage(["model_training.py"], data_dir, f"norm_position={norm_position}", "epochs=1", "mixed_precision=float32",
+                  f"run_name={norm_position}")
+        made[norm_position] = (data_dir, os.path.join(data_dir, "runs", norm_position))
+    return made
 
 
 def what_transformers_makes_of(folder, request, tmp_path):

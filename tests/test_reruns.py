@@ -96,8 +96,12 @@ def test_data_cleaned_by_an_older_version_is_rebuilt(built_data, tmp_path):
     one_line_error(run_stage(["tokeniser_build.py"], data_dir, check=False), "prepared is stale",
                    "cleaned by an older imdb-bert (cleaning format 1, this code writes 2)", "rerun python data_prep.py")
     assert "up to date" not in run_stage(["data_prep.py"], data_dir).stdout
-    assert manifest(data_dir, "prepared")["inputs"]["cleaning"] == "2"
-    assert "vocab size" in run_stage(["tokeniser_build.py"], data_dir).stdout   # and the stages after it run again
+    rebuilt = manifest(data_dir, "prepared")
+    assert rebuilt["inputs"]["cleaning"] == "2"
+    # The stages after it accept the rebuilt data; they run again only if the cleaning changed its
+    # files (the fixture's reviews may hold nothing today's cleaning changes).
+    vocab_stage = run_stage(["tokeniser_build.py"], data_dir).stdout
+    assert ("up to date" in vocab_stage) == (rebuilt["fingerprint"] == older["fingerprint"])
 
 
 def wait_for_mid_epoch_state(process, state_path, epoch, timeout=600):
