@@ -113,6 +113,12 @@ def representation_layers(encoder: keras.Model) -> list[str]:
     return names
 
 
+def representation_model(encoder: keras.Model) -> tuple[list[str], keras.Model]:
+    """(`representation_layers`, a model sharing the encoder's weights that returns each of their outputs)."""
+    names = representation_layers(encoder)
+    return names, keras.Model(encoder.input, [encoder.get_layer(name).output for name in names], name="encoder_layers")
+
+
 # Prompt-based fine-tuning (LM-BFF, Gao et al. 2021, after PET, Schick & Schuetze 2021): each window
 # is read as a cloze, "<window> it was [MASK] .", and the pretrained masked-LM head's scores of words
 # that say positive against words that say negative give the logit, so the classifier starts from what
@@ -222,9 +228,8 @@ class SentimentClassifier(keras.Model):
             logit = layers.Dense(1, name="sentiment", dtype="float32", kernel_initializer="ones")(pooled)
         else:
             if pooling == "layers":
-                names = representation_layers(encoder)
-                every_layer = keras.Model(encoder.input, [encoder.get_layer(name).output for name in names],
-                                          name="encoder_layers")(flat)
+                names, layers_model = representation_model(encoder)
+                every_layer = layers_model(flat)
                 pooled = layers.Concatenate(name="layers_side_by_side", dtype=policy)(
                     [layers.LayerNormalization(epsilon=1e-6, name=f"{name}_review_norm", dtype=policy)(
                         MeanOverReview(name=f"{name}_review_mean", dtype=policy)(hidden, windows))

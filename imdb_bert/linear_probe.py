@@ -40,8 +40,7 @@ def review_sets(prepared: str, tokenizer, labels: int, max_seq_len: int, max_win
 
 def review_features(encoder: keras.Model, batches: tf.data.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({layer name: [reviews, hidden] mean-pooled features}, labels) of (windows, label) batches."""
-    names = classifier.representation_layers(encoder)
-    layers_model = keras.Model(encoder.input, [encoder.get_layer(name).output for name in names])
+    names, layers_model = classifier.representation_model(encoder)
     pool = classifier.MeanOverReview()
 
     @tf.function(reduce_retracing=True)
