@@ -27,7 +27,10 @@ def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_da
         assert 0.0 <= float(row["frozen_probe_dev"]) <= 1.0 and row["frozen_probe_layer"]
         # The variant's settings are recorded with its rows.
         assert row["settings"] == "max_seq_len=128 short_seq_len=64 short_seq_share=0.9"
-    assert rows[0]["dev_perplexity"] != rows[1]["dev_perplexity"]   # different seeds train differently
+    # Different seeds train differently. One rounded figure can tie when a loaded machine buys only a
+    # few steps (both perplexities were 315.5 once), so the test asks that the scored figures differ.
+    scored = ["dev_masked_accuracy", "dev_perplexity", "probe_p", "frozen_probe_dev"]
+    assert [rows[0][key] for key in scored] != [rows[1][key] for key in scored]
     assert "| tiny" in result.stdout and "| seq64to128 |" in result.stdout
     assert not os.listdir(os.path.join(runs, "study"))
     # Each two-length run switches once, mid-run, from 64- to 128-token windows.
