@@ -5,7 +5,8 @@
 Needs the prepared data (./download.sh && python data_prep.py). It measures, on the real reviews:
   1. vocabulary learning on the training split at the default cpu size and the preset's size;
   2. the input pipeline alone (tokenise + window + mask + batch) in sequences/s, on its first pass and
-     in the steady state (windows cached), against what a T4 / A100 would consume at 30% MFU;
+     in the steady state (windows cached), against what a T4 / A100 would consume at 30% MFU, and the
+     steady state's two halves alone (shuffle + group by length; masking);
   3. our training step at the preset's shape (default: the gpu preset = the original's shape:
      vocab 30000, 256-token windows, batch 32, hidden 256, 4 heads, FFN 512, 4 layers);
   4. a reference step built the way the original project built it (key_dim = hidden size per
@@ -32,6 +33,17 @@ from imdb_bert import artifacts, corpus, pipeline, vocab
 # there (T4: float16, A100: bfloat16), and the MFU at which to ask whether the input keeps them fed.
 GPU_PEAKS = {"T4 (fp16 65 TFLOP/s)": 65.0, "A100 (bf16 312 TFLOP/s)": 312.0}
 GPU_MFU = 0.3
+
+
+def windows_per_second(batches, count: int) -> float:
+    """Windows per second of a stream of batches (the first dimension of each element), over `count`
+    batches after the first: building the iterator and tracing its functions are not its rate."""
+    stream = iter(batches)
+    next(stream)
+    started, windows = time.perf_counter(), 0
+    for _ in range(count):
+        windows += int(next(stream).shape[0])
+    return windows / (time.perf_counter() - started)
 
 
 def rss_mb() -> float:
@@ -172,12 +184,21 @@ def main():
     uncached.reduce(0, lambda count, window: count + 1)   # one whole pass fills the cache
     # The clock starts after the first batch: building the iterator and tracing the masking take
     # about a second, which would otherwise count as the pipeline's rate.
-    steady = iter(inputs.training_dataset(uncached, masker, config.batch_size, config.max_seq_len, seed=config.seed + 1))
-    next(steady)
-    started, sequences = time.perf_counter(), 0
-    for _ in range(arguments.pipeline_batches):
-        sequences += int(next(steady)[0]["input_ids"].shape[0])
-    steady_rate = sequences / (time.perf_counter() - started)
+    steady_rate = windows_per_second(
+        inputs.training_dataset(uncached, masker, config.batch_size, config.max_seq_len, seed=config.seed + 1)
+        .map(lambda features, labels, weights: features["input_ids"]), arguments.pipeline_batches)
+    # Its two halves alone, to say which one limits it: shuffling and grouping the cached windows by
+    # length, and masking batches that are already in memory (every core on it, as in training).
+    grouped = inputs.ragged_windows_by_length(uncached.shuffle(20_000, seed=config.seed).repeat(), config.batch_size,
+                                              config.max_seq_len, drop_remainder=True)
+    grouping_rate = windows_per_second(grouped, arguments.pipeline_batches)
+
+    def masked_ids(index, batch):
+        return masker(batch, tf.stack([tf.constant(config.seed, tf.int64), index]))[0]["input_ids"]
+
+    in_memory = grouped.take(64).cache().repeat().enumerate()
+    masking_rate = windows_per_second(in_memory.map(masked_ids, num_parallel_calls=tf.data.AUTOTUNE)
+                                      .prefetch(tf.data.AUTOTUNE), arguments.pipeline_batches)
 
     # Real batches in memory, and the share of their positions that are real tokens.
     batches = [batch for batch in stream.take(arguments.steps)]
@@ -262,6 +283,8 @@ def main():
         ("input pipeline, steady (cached windows)", f"{steady_rate:,.0f} seq/s",
          "; ".join(f"{steady_rate / rate:.2f}x what a {name} at {GPU_MFU:.0%} MFU would consume ({rate:,.0f} seq/s)"
                    for name, rate in gpu_rates.items())),
+        ("  of which: shuffle + group by length alone", f"{grouping_rate:,.0f} seq/s", "no masking"),
+        ("  of which: masking alone", f"{masking_rate:,.0f} seq/s", "batches already in memory, parallel map"),
         ("real-token share of positions", f"{real / positions:.1%}", f"{positions - real} padding of {positions}"),
         (f"our step ({precision})", f"{ours * 1000:.0f} ms/step", f"{ours_tokens:,.0f} real tokens/s"),
         ("reference step (float32)", f"{reference_time * 1000:.0f} ms/step",
