@@ -61,17 +61,26 @@ def label_screen_table(rows: list[dict]) -> str:
 
 
 def pretraining_curve_points(rows: list[dict]) -> dict:
-    """{(pretrain_minutes or model, labels): accuracy} of results/pretraining_curve.csv."""
-    points = {}
+    """{(pretrain_minutes or model, labels): (mean accuracy over seeds, [accuracies], first row)} of
+    results/pretraining_curve.csv."""
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
         where = float(row["pretrain_minutes"]) if row["model"] == "pretrained" else row["model"]
-        points[(where, row["labels"])] = (float(row["accuracy"]), row)
-    return points
+        groups.setdefault((where, row["labels"]), []).append(row)
+    return {key: (sum(float(row["accuracy"]) for row in group) / len(group), [float(row["accuracy"]) for row in group],
+                  group[0]) for key, group in groups.items()}
+
+
+def pretraining_curve_cell(point) -> str:
+    mean, accuracies, _ = point
+    if len(accuracies) == 1:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ({min(accuracies):.3f}–{max(accuracies):.3f}, {len(accuracies)} seeds)"
 
 
 def pretraining_curve_table(rows: list[dict]) -> str:
     """Held-out sentiment at each label count against the minutes of pretraining, with the model from
-    scratch and the bag of words on the same samples."""
+    scratch and the bag of words on the same samples (mean over seeds, and their range)."""
     points = pretraining_curve_points(rows)
     counts = sorted({row["labels"] for row in rows}, key=lambda count: float("inf") if count == "all" else int(count))
     lines = ["| encoder | pretraining steps | held-out masked-token accuracy | "
@@ -79,8 +88,8 @@ def pretraining_curve_table(rows: list[dict]) -> str:
     minutes = sorted({key[0] for key in points if isinstance(key[0], float)})
     for label, where in [("from scratch (0 minutes)", "scratch")] + [(f"pretrained {m:g} minutes", m) for m in minutes] \
             + [("bag of words", "bag_of_words")]:
-        cells = [f"{points[(where, count)][0]:.4f}" if (where, count) in points else "—" for count in counts]
-        example = next((points[(where, count)][1] for count in counts if (where, count) in points), {})
+        cells = [pretraining_curve_cell(points[(where, count)]) if (where, count) in points else "—" for count in counts]
+        example = next((points[(where, count)][2] for count in counts if (where, count) in points), {})
         steps = example.get("optimizer_steps") if isinstance(where, float) else ""
         masked = example.get("masked_accuracy") if isinstance(where, float) else ""
         lines.append(f"| {label} | {int(steps):,} | {float(masked):.4f} | " if steps else f"| {label} | — | — | ")
@@ -125,8 +134,11 @@ def rows_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 RENDERERS = {"label_curve": label_curve_table, "label_screen": label_screen_table, "frozen_probe": frozen_probe_table,
              "study": study_table, "rows": rows_table, "pretraining_curve": pretraining_curve_table}
-# Plots --plots redraws: (CSV, PNG, plotting function).
-PLOTS = [("results/pretraining_curve.csv", "docs/pretraining_curve_cpu.png", "plot_pretraining_curve")]
+# Plots --plots redraws: (CSV, {column: value} of the rows plotted, PNG, plotting function).
+PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-avx2"}, "docs/pretraining_curve_cpu.png",
+          "plot_pretraining_curve"),
+         ("results/pretraining_curve.csv", {"machine": "epyc-bf16"}, "docs/pretraining_curve_cpu_bf16.png",
+          "plot_pretraining_curve")]
 
 
 def render_block(kind: str, path: str, filters: str) -> str:
@@ -155,9 +167,10 @@ def main() -> int:
     parser.add_argument("--plots", action="store_true", help="also redraw the plots in PLOTS")
     arguments = parser.parse_args()
     if arguments.plots:
-        for source, image, plotter in PLOTS:
+        for source, kept, image, plotter in PLOTS:
             with open(os.path.join(ROOT, source), newline="", encoding="utf-8") as handle:
-                globals()[plotter](list(csv.DictReader(handle)), os.path.join(ROOT, image))
+                rows = [row for row in csv.DictReader(handle) if all(row[key] == value for key, value in kept.items())]
+            globals()[plotter](rows, os.path.join(ROOT, image))
             print(f"drew {image}")
     stale = []
     for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
