@@ -108,7 +108,7 @@ def plot_pretraining_curve(rows: list[dict], path: str) -> None:
     points = pretraining_curve_points(rows)
     counts = sorted({row["labels"] for row in rows}, key=lambda count: float("inf") if count == "all" else int(count))
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
-    for count, colour in zip(counts, ["tab:blue", "tab:orange", "tab:green"]):
+    for count, colour in zip(counts, ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]):
         minutes = sorted(key[0] for key in points if isinstance(key[0], float) and key[1] == count)
         xs = ([0.0] if ("scratch", count) in points else []) + minutes
         ys = ([points[("scratch", count)][0]] if ("scratch", count) in points else []) + [points[(m, count)][0] for m in minutes]
