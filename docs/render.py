@@ -61,21 +61,24 @@ def label_screen_table(rows: list[dict]) -> str:
 
 
 def pretraining_curve_points(rows: list[dict]) -> dict:
-    """{(pretrain_minutes or model, labels): (mean accuracy over seeds, [accuracies], first row)} of
+    """{(pretrain_minutes or model, labels): ([accuracy of each seed], first row)} of
     results/pretraining_curve.csv."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         where = float(row["pretrain_minutes"]) if row["model"] == "pretrained" else row["model"]
         groups.setdefault((where, row["labels"]), []).append(row)
-    return {key: (sum(float(row["accuracy"]) for row in group) / len(group), [float(row["accuracy"]) for row in group],
-                  group[0]) for key, group in groups.items()}
+    return {key: ([float(row["accuracy"]) for row in group], group[0]) for key, group in groups.items()}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def pretraining_curve_cell(point) -> str:
-    mean, accuracies, _ = point
+    accuracies, _ = point
     if len(accuracies) == 1:
-        return f"{mean:.4f}"
-    return f"{mean:.4f} ({min(accuracies):.3f}–{max(accuracies):.3f}, {len(accuracies)} seeds)"
+        return f"{accuracies[0]:.4f}"
+    return f"{mean(accuracies):.4f} ({min(accuracies):.3f}–{max(accuracies):.3f}, {len(accuracies)} seeds)"
 
 
 def pretraining_curve_table(rows: list[dict]) -> str:
@@ -89,7 +92,7 @@ def pretraining_curve_table(rows: list[dict]) -> str:
     for label, where in [("from scratch (0 minutes)", "scratch")] + [(f"pretrained {m:g} minutes", m) for m in minutes] \
             + [("bag of words", "bag_of_words")]:
         cells = [pretraining_curve_cell(points[(where, count)]) if (where, count) in points else "—" for count in counts]
-        example = next((points[(where, count)][2] for count in counts if (where, count) in points), {})
+        example = next((points[(where, count)][1] for count in counts if (where, count) in points), {})
         steps = example.get("optimizer_steps") if isinstance(where, float) else ""
         masked = example.get("masked_accuracy") if isinstance(where, float) else ""
         lines.append(f"| {label} | {int(steps):,} | {float(masked):.4f} | " if steps else f"| {label} | — | — | ")
@@ -111,10 +114,10 @@ def plot_pretraining_curve(rows: list[dict], path: str) -> None:
     for count, colour in zip(counts, ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]):
         minutes = sorted(key[0] for key in points if isinstance(key[0], float) and key[1] == count)
         xs = ([0.0] if ("scratch", count) in points else []) + minutes
-        ys = ([points[("scratch", count)][0]] if ("scratch", count) in points else []) + [points[(m, count)][0] for m in minutes]
+        ys = [mean(points[(where, count)][0]) for where in (["scratch"] if ("scratch", count) in points else []) + minutes]
         axis.plot(xs, ys, "o-", color=colour, label=f"{count} labels: fine-tuned (0 = from scratch)")
         if ("bag_of_words", count) in points:
-            axis.axhline(points[("bag_of_words", count)][0], color=colour, linestyle="--", alpha=0.7,
+            axis.axhline(mean(points[("bag_of_words", count)][0]), color=colour, linestyle="--", alpha=0.7,
                          label=f"{count} labels: bag of words")
     axis.set(xlabel="minutes of pretraining (cpu preset)", ylabel="held-out sentiment accuracy",
              title="What pretraining time buys downstream")
