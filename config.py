@@ -120,6 +120,8 @@ class Config:
     classifier_layer_decay: float = 1.0   # below 1: each layer down the encoder trains at this times the rate above it
     classifier_encoder_rate: float = 1.0  # the encoder's learning rate as a share of the head's (below 1: the
                                           # pretrained weights move less than the new head)
+    classifier_probe_first: bool = False  # start fine-tuning from a head fitted as a logistic regression on the
+                                          # frozen encoder's pooled features (LP-FT), not from a random one
     classifier_dropout: float = 0.1   # dropout on the pooled review vector before the sentiment logit
     classifier_weight_decay: float = 0.01   # AdamW's decoupled weight decay while fine-tuning (not on biases, norms, tables)
     bag_of_words_epochs: int = 4      # the --compare-scratch bag of words' passes (the epoch kept is picked on dev)

@@ -1,6 +1,6 @@
 """Where pretraining pays: fine-tuned sentiment accuracy against the number of labelled reviews.
 
-    python label_curve.py [--preset P] [--labels 100,300,1000,3000,all] [--seeds 3] [--windows 2] [--force]
+    python label_curve.py [--preset P] [--labels 100,300,1000,3000,all] [--seeds 3] [--windows 2] [--passes 6000] [--force]
     python label_curve.py --dev-only --labels 300,1000 --models pretrained,scratch --set classifier_encoder_rate=0.1
 
 For each label count, a class-balanced sample of the labelled training reviews (seeded; a seed's
@@ -8,9 +8,10 @@ smaller samples are part of its larger ones) trains three models: the run's pret
 fine-tuned with the classifier_* settings, the same architecture from random weights, and a bag of
 words. Counts up to 1,000 use --seeds seeds (sample and initialisation), larger ones the first
 seed. A review is read as up to --windows windows of max_seq_len (its start; 2 by default, a quarter
-of what classifier_training.py reads at the cpu preset, so the curve below "all" fits in about half
-an hour on a slow 2-core CPU). An epoch is the sample repeated to at least 250 reviews, with epochs
-for about 2,000 reviews in all (between classifier_epochs and 8); the epoch kept is the best on the
+of what classifier_training.py reads at the cpu preset, to keep the curve's cost down). A model
+reads about --passes reviews in all: an epoch is the sample repeated to at least an eighth of them,
+with enough epochs for the rest (between classifier_epochs and 8; 6,000 by default, chosen on dev
+over 2,000: docs/transfer.md); the epoch kept is the best on the
 500 labelled dev reviews (a class-balanced sample: the splits are stored grouped by label), and
 the held-out reviews are scored once per model. Writes
 <run_dir>/label_curve/ (label_curve.csv, label_curve.png, manifest.json) and adds the table and the
@@ -33,25 +34,27 @@ def main():
         "labels": ("label counts, separated by commas ('all': every labelled training review)", "100,300,1000,3000,all"),
         "seeds": ("seeds at label counts up to 1,000", "3"),
         "models": ("which models, separated by commas", ",".join(label_efficiency.MODELS)),
-        "windows": ("windows of max_seq_len each review is read as", "2")},
+        "windows": ("windows of max_seq_len each review is read as", "2"),
+        "passes": ("reviews each model reads in all (an epoch is an eighth of them, at least the sample)", "6000")},
         flags={"dev-only": "score on dev reviews, append rows to <runs_dir>/label_curve_study.csv (for choosing settings)"})
     try:
         counts = label_efficiency.parse_counts(options.labels)
-        seeds, windows = int(options.seeds), int(options.windows)
+        seeds, windows, passes = int(options.seeds), int(options.windows), int(options.passes)
         models = tuple(name.strip() for name in options.models.split(","))
-        if seeds < 1 or windows < 1:
-            raise ValueError(f"--seeds and --windows take positive numbers, got {options.seeds!r} and {options.windows!r}")
+        if min(seeds, windows, passes) < 1:
+            raise ValueError(f"--seeds, --windows and --passes take positive numbers, got {options.seeds!r}, "
+                             f"{options.windows!r} and {options.passes!r}")
         if not models or set(models) - set(label_efficiency.MODELS):
             raise ValueError(f"--models takes some of {', '.join(label_efficiency.MODELS)}; got {options.models!r}")
     except ValueError as error:
         raise config_module.ConfigError(str(error)) from None
     run_manifest = pipeline.current_run(config)
     plan = label_efficiency.CurvePlan(counts=tuple(counts), seeds=tuple(config.seed + index for index in range(seeds)),
-                                 models=models, dev_only=options.dev_only, max_windows=windows,
+                                 models=models, dev_only=options.dev_only, max_windows=windows, review_passes=passes,
                                  **{key: getattr(config, key) for key in label_efficiency.PLAN_KEYS})
     identity = pipeline.stage_identity(config, pipeline.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
     identity["config"].update(labels=[str(count) for count in counts], seeds=list(plan.seeds), models=list(models),
-                              windows=windows)
+                              windows=windows, passes=passes)
     folder = artifacts.label_curve_dir(config.run_dir)
     if not options.dev_only and pipeline.skip_if_up_to_date("label_curve", folder, identity, options.force):
         return
@@ -80,7 +83,8 @@ def main():
         study = os.path.join(config.runs_dir, "label_curve_study.csv")
         for row in rows:
             artifacts.append_row(study, {"run": os.path.basename(config.run_dir), "run_fingerprint": run_manifest["fingerprint"],
-                                         **{key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS}, **row,
+                                         **{key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS},
+                                         "windows": windows, "review_passes": passes, **row,
                                          "date": time.strftime("%Y-%m-%d")})
         print(label_efficiency.markdown_table(rows))
         print(f"label_curve: dev-only rows -> {study}")

@@ -46,16 +46,17 @@ def study_table(rows: list[dict]) -> str:
 
 def label_screen_table(rows: list[dict]) -> str:
     """label_curve.py --dev-only rows: dev accuracy per run, fine-tuning settings, model and label count
-    (mean over seeds and their range)."""
-    settings = ("classifier_pooling", "classifier_learning_rate", "classifier_encoder_rate", "classifier_layer_decay")
+    (mean over seeds and their range). Rows from before a setting existed have its default."""
+    settings = {"classifier_pooling": "", "classifier_learning_rate": "", "classifier_encoder_rate": "",
+                "classifier_layer_decay": "", "classifier_probe_first": "False", "review_passes": "2000"}
     groups: dict[tuple, list[float]] = {}
     for row in rows:
-        key = (row["run"], *(row.get(name, "") for name in settings), row["model"], row["labels"])
+        key = (row["run"], *(row.get(name) or default for name, default in settings.items()), row["model"], row["labels"])
         groups.setdefault(key, []).append(float(row["accuracy"]))
-    lines = ["| run | pooling | learning rate | encoder rate | layer decay | model | labels | seeds | dev accuracy (mean) "
-             "| min–max |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (run, pooling, rate, encoder_rate, decay, model, labels), values in groups.items():
-        lines.append(f"| {run} | {pooling} | {rate} | {encoder_rate} | {decay} | {model} | {labels} | {len(values)} | "
+    lines = ["| run | pooling | learning rate | encoder rate | layer decay | head fitted first | reviews read | model "
+             "| labels | seeds | dev accuracy (mean) | min–max |", "|" + " --- |" * 12]
+    for (run, *chosen, model, labels), values in groups.items():
+        lines.append(f"| {run} | {' | '.join(chosen)} | {model} | {labels} | {len(values)} | "
                      f"{sum(values) / len(values):.4f} | {min(values):.4f}–{max(values):.4f} |")
     return "\n".join(lines)
 

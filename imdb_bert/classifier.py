@@ -337,6 +337,7 @@ class FineTuneConfig:
     classifier_pooling: str
     classifier_encoder_rate: float = 1.0
     classifier_weight_decay: float = 0.01
+    classifier_probe_first: bool = False
 
 
 def fine_tune(masked_lm: keras.Model, settings: FineTuneConfig, tokens: list[str], train: tf.data.Dataset,
@@ -352,12 +353,28 @@ def fine_tune(masked_lm: keras.Model, settings: FineTuneConfig, tokens: list[str
                                    "masked-LM head belongs to its ELECTRA generator")
     model = SentimentClassifier(masked_lm.encoder, settings.classifier_dropout, settings.classifier_pooling,
                                 cloze=cloze_ids(tokens) if cloze else None, mlm_head=masked_lm.head if cloze else None)
+    if settings.classifier_probe_first and not cloze:
+        fit_head_on_frozen_encoder(model, train)
     compile_classifier(model, settings.classifier_learning_rate, steps_per_epoch * epochs, settings.classifier_layer_decay,
                        settings.classifier_encoder_rate, settings.classifier_weight_decay)
     best = best_epoch_on_dev(epochs)
     history = model.fit(train, validation_data=dev, epochs=epochs, verbose=verbose, shuffle=False,
                         callbacks=[*(callbacks or []), best])
     return model, best, history.history["val_accuracy"]
+
+
+def fit_head_on_frozen_encoder(model: SentimentClassifier, train: tf.data.Dataset) -> None:
+    """Set the sentiment head to a logistic regression fitted on the frozen encoder's pooled features of
+    one pass over `train`, so fine-tuning starts from a head that already reads the encoder instead of a
+    random one (LP-FT: Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features")."""
+    from imdb_bert import linear_probe
+
+    pooled = keras.Model(model.input, model.get_layer("classifier_dropout").input)
+    features, labels = zip(*((keras.ops.convert_to_numpy(pooled(windows, training=False)), label.numpy())
+                             for windows, label in train))
+    kernel, bias = linear_probe.fit_logistic_regression(np.concatenate(features).astype(np.float64),
+                                                        np.concatenate(labels))
+    model.get_layer("sentiment").set_weights([kernel[:, None].astype("float32"), np.array([bias], "float32")])
 
 
 def fit_bag_of_words(train_reviews: tf.data.Dataset, dev_reviews: tf.data.Dataset, epochs: int, seed: int,

@@ -63,13 +63,12 @@ class Schedule:
     epochs: int
 
 
-def schedule_for(reviews: int, min_epochs: int, reviews_per_epoch: int = 250, review_passes: int = 2000,
-                 max_epochs: int = 8) -> Schedule:
+def schedule_for(reviews: int, min_epochs: int, review_passes: int = 6000, max_epochs: int = 8) -> Schedule:
     """The rule, fixed in advance, for how long a model trains on `reviews` labelled reviews: an epoch
-    is the sample repeated until it holds at least `reviews_per_epoch` reviews, and there are enough
-    epochs for about `review_passes` reviews in all, between `min_epochs` (the config's) and `max_epochs`.
-    Small samples get many passes, large ones the config's epochs."""
-    repeats = max(1, math.ceil(reviews_per_epoch / reviews))
+    is the sample repeated until it holds at least `review_passes / max_epochs` reviews, and there are
+    enough epochs for about `review_passes` reviews in all, between `min_epochs` (the config's) and
+    `max_epochs`. Small samples get many passes, large ones the config's epochs."""
+    repeats = max(1, math.ceil(review_passes / max_epochs / reviews))
     epochs = math.ceil(review_passes / (reviews * repeats))
     return Schedule(repeats, max(min_epochs, min(max_epochs, epochs)))
 
@@ -139,6 +138,7 @@ class CurvePlan:
     batch_size: int = 32
     max_seq_len: int = 64
     max_windows: int = 2          # a review is read as up to this many windows (its start; the curve's cost grows with it)
+    review_passes: int = 6000     # reviews a model reads in all (`schedule_for`)
     classifier_windows: str = "head"
     classifier_epochs: int = 1
     models: tuple = MODELS
@@ -217,7 +217,7 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
         for seed in plan.seeds_for(count):
             chosen = balanced_sample(labels, count, seed)
             sample, reviews = select(train_reviews, chosen, len(labels)), len(chosen)
-            schedule = schedule_for(reviews, plan.classifier_epochs)
+            schedule = schedule_for(reviews, plan.classifier_epochs, plan.review_passes)
             train = classifier.batches(windows_of(sample).repeat(schedule.repeats), plan.batch_size, longest,
                                        shuffle_seed=seed)
             steps_per_epoch = sum(1 for _ in train)

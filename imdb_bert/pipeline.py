@@ -31,13 +31,14 @@ DATA_PREP_KEYS = ("source", "validation_fraction", "dev_fraction", "split_seed",
 VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
 CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_windows",
                    "classifier_pooling", "classifier_layer_decay", "classifier_dropout", "classifier_encoder_rate",
-                   "classifier_weight_decay", "bag_of_words_epochs")
+                   "classifier_weight_decay", "bag_of_words_epochs", "classifier_probe_first")
 NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "checkpoint_every_minutes",
                      "probe_phrases", "top_k", "strategy") + CLASSIFIER_KEYS
 # Config keys added after runs were already made, each with the value that reproduces what runs made
 # before it did: a manifest without the key was built with that value, so it stays current.
 ADDED_KEYS = {"objective": "mlm", "generator_size": 0.25, "discriminator_weight": 50.0,
-              "classifier_encoder_rate": 1.0, "classifier_weight_decay": 0.01, "bag_of_words_epochs": 4}
+              "classifier_encoder_rate": 1.0, "classifier_weight_decay": 0.01, "bag_of_words_epochs": 4,
+              "classifier_probe_first": False}
 # The layout of a saved model. Runs saved in an older layout are refused with one line, and count
 # as out of date, so model_training.py retrains them.
 MODEL_FORMAT = 2

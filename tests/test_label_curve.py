@@ -35,8 +35,10 @@ def test_small_samples_get_more_passes_and_counts_parse():
     schedules = {count: label_efficiency.schedule_for(count, min_epochs=1) for count in (100, 300, 1000, 3000, 20000)}
     passes = {count: s.repeats * s.epochs for count, s in schedules.items()}
     assert passes[100] > passes[300] > passes[1000] > passes[3000] >= passes[20000] == 1
-    assert all(s.repeats * count >= 250 for count, s in schedules.items())
+    assert all(s.repeats * count >= 750 for count, s in schedules.items())
     assert label_efficiency.schedule_for(20000, min_epochs=2).epochs == 2
+    shorter = label_efficiency.schedule_for(300, min_epochs=1, review_passes=2000)   # --passes: reviews read in all
+    assert passes[300] * 300 >= 6000 > 2 * shorter.repeats * shorter.epochs * 300 >= 4000
     assert label_efficiency.parse_counts("300, all,100") == [100, 300, "all"]
     with pytest.raises(ValueError, match="got 'ten'"):
         label_efficiency.parse_counts("100,ten")
@@ -113,3 +115,43 @@ def test_frozen_probe_scores_every_layer_of_both_encoders(trained_run):
         assert all(0.0 <= float(value) <= 1.0 for value in layers.values())
         assert float(row["best_dev_accuracy"]) == max(float(value) for value in layers.values())
     assert result.stdout.count("frozen_probe: pretrained") == 4
+
+
+def test_the_logistic_regression_works_on_raw_features():
+    # fit_logistic_regression trains on standardised features and folds the standardisation into
+    # the weights it returns, so a head that reads raw pooled features can use them as they are.
+    from imdb_bert import linear_probe
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    features = rng.normal(size=(400, 6)) * [1, 10, 100, 1, 1, 1] + [5, -50, 300, 0, 0, 0]
+    features[:, 0] += 2.0 * labels                                           # one informative feature, off-centre
+    kernel, bias = linear_probe.fit_logistic_regression(features, labels)
+    assert np.mean((features @ kernel + bias > 0) == labels) > 0.8
+    assert abs(kernel[0]) > 5 * max(abs(kernel[1:]))                        # it reads the informative one
+    assert linear_probe.logistic_regression_accuracy(features[:300], labels[:300], features[300:], labels[300:]) > 0.75
+
+
+def test_probe_first_starts_fine_tuning_from_a_fitted_head():
+    # LP-FT: before any fine-tuning step, the head reads the frozen encoder: a review's sentiment is
+    # whether it holds one word piece, which a random encoder's mean-pooled states still show.
+    import keras
+    import tensorflow as tf
+
+    from imdb_bert import classifier, inputs
+    from imdb_bert.model import BertEncoder, ModelConfig
+
+    keras.utils.set_random_seed(0)
+    encoder = BertEncoder(ModelConfig(vocab_size=50, max_seq_len=16, hidden_size=32, num_heads=2, ffn_size=64,
+                                      num_layers=1, dropout=0.0, norm_position="pre", activation="gelu",
+                                      tie_embeddings=True))
+    rng = np.random.default_rng(0)
+    windows = rng.integers(10, 50, size=(256, 1, 16)).astype("int32")
+    windows[:, 0, 0] = inputs.CLS_ID
+    labels = rng.integers(0, 2, 256)
+    windows[labels == 1, 0, 1:9] = 7                                          # positives hold word piece 7
+    train = tf.data.Dataset.from_tensor_slices((windows, labels)).batch(32)
+    model = classifier.SentimentClassifier(encoder)
+    before = classifier.evaluate(model, train)["accuracy"]
+    classifier.fit_head_on_frozen_encoder(model, train)
+    assert classifier.evaluate(model, train)["accuracy"] > max(0.9, before)
