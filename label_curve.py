@@ -33,6 +33,8 @@ def main():
     config, options = config_module.load_stage_config(__doc__, options={
         "labels": ("label counts, separated by commas ('all': every labelled training review)", "100,300,1000,3000,all"),
         "seeds": ("seeds at label counts up to 1,000", "3"),
+        "first-seed": ("the first sample and initialisation seed (default: the config's seed, so an encoder "
+                       "pretrained with another seed can be fine-tuned on the same samples)", ""),
         "models": ("which models, separated by commas", ",".join(label_efficiency.MODELS)),
         "windows": ("windows of max_seq_len each review is read as", "2"),
         "passes": ("reviews each model reads in all (an epoch is an eighth of them, at least the sample)", "6000")},
@@ -40,6 +42,7 @@ def main():
     try:
         counts = label_efficiency.parse_counts(options.labels)
         seeds, windows, passes = int(options.seeds), int(options.windows), int(options.passes)
+        first_seed = int(options.first_seed) if options.first_seed else config.seed
         models = tuple(name.strip() for name in options.models.split(","))
         if min(seeds, windows, passes) < 1:
             raise ValueError(f"--seeds, --windows and --passes take positive numbers, got {options.seeds!r}, "
@@ -49,7 +52,7 @@ def main():
     except ValueError as error:
         raise config_module.ConfigError(str(error)) from None
     run_manifest = pipeline.current_run(config)
-    plan = label_efficiency.CurvePlan(counts=tuple(counts), seeds=tuple(config.seed + index for index in range(seeds)),
+    plan = label_efficiency.CurvePlan(counts=tuple(counts), seeds=tuple(first_seed + index for index in range(seeds)),
                                  models=models, dev_only=options.dev_only, max_windows=windows, review_passes=passes,
                                  **{key: getattr(config, key) for key in label_efficiency.PLAN_KEYS})
     identity = pipeline.stage_identity(config, pipeline.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
@@ -84,7 +87,7 @@ def main():
         for row in rows:
             artifacts.append_row(study, {"run": os.path.basename(config.run_dir), "run_fingerprint": run_manifest["fingerprint"],
                                          **{key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS},
-                                         "windows": windows, "review_passes": passes, **row,
+                                         "windows": windows, **row,
                                          "date": time.strftime("%Y-%m-%d")})
         print(label_efficiency.markdown_table(rows))
         print(f"label_curve: dev-only rows -> {study}")
