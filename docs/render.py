@@ -1,6 +1,6 @@
-"""Render the study tables in docs/*.md from the CSV files in results/, so no figure is retyped.
+"""Render the study tables in docs/*.md and README.md from the CSV files in results/, so no figure is retyped.
 
-    python3 docs/render.py            rewrite every rendered block in docs/*.md
+    python3 docs/render.py            rewrite every rendered block in docs/*.md and README.md
     python3 docs/render.py --check    exit 1 if a block is not what the CSVs give (for the tests)
     python3 docs/render.py --plots    also redraw the plots made from results/ (PLOTS)
 
@@ -129,6 +129,12 @@ def plot_pretraining_curve(rows: list[dict], path: str) -> None:
     plt.close(figure)
 
 
+def plot_label_curve(rows: list[dict], path: str) -> None:
+    from imdb_bert import label_efficiency
+
+    label_efficiency.plot(rows, path, f"run {rows[0]['run']}: sentiment against labels")
+
+
 def rows_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """Every column (or the `columns`) of every row, as it is in the CSV."""
     header = columns or (list(rows[0]) if rows else [])
@@ -141,8 +147,10 @@ RENDERERS = {"label_curve": label_curve_table, "label_screen": label_screen_tabl
 # Plots --plots redraws: (CSV, {column: value} of the rows plotted, PNG, plotting function).
 PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-avx2"}, "docs/pretraining_curve_cpu.png",
           "plot_pretraining_curve"),
-         ("results/pretraining_curve.csv", {"machine": "epyc-bf16"}, "docs/pretraining_curve_cpu_bf16.png",
-          "plot_pretraining_curve")]
+         ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "2000"},
+          "docs/pretraining_curve_cpu_bf16.png", "plot_pretraining_curve"),
+         ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000"}, "docs/label_curve_cpu_bf16.png",
+          "plot_label_curve")]
 
 
 def render_block(kind: str, path: str, filters: str) -> str:
@@ -177,7 +185,7 @@ def main() -> int:
             globals()[plotter](rows, os.path.join(ROOT, image))
             print(f"drew {image}")
     stale = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
+    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + [os.path.join(ROOT, "README.md")]:
         text = open(path, encoding="utf-8").read()
         rendered = render(text)
         if rendered != text:

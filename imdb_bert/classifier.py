@@ -363,16 +363,36 @@ def fine_tune(masked_lm: keras.Model, settings: FineTuneConfig, tokens: list[str
     return model, best, history.history["val_accuracy"]
 
 
+# A logistic regression on pooled features (the frozen probe's, and the head LP-FT starts from): L2 on
+# standardised features, full-batch Adam steps to convergence.
+LOGISTIC_L2, LOGISTIC_STEPS = 1e-3, 300
+
+
+def fit_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
+    """(kernel [features], bias) of a logistic regression fitted on (train_x, train_y): trained on
+    standardised features, returned for the raw ones (the standardisation folded into the weights)."""
+    mean, scale = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((train_x.shape[1],)),
+                              keras.layers.Dense(1, kernel_regularizer=keras.regularizers.L2(LOGISTIC_L2), dtype="float32")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    # LOGISTIC_STEPS full-batch steps in one epoch: as many epochs of one step each spend most of their time in
+    # Keras' per-epoch work, not in the step.
+    full_batch = tf.data.Dataset.from_tensors(((train_x - mean) / scale, train_y.astype("float32")))
+    model.fit(full_batch.repeat(LOGISTIC_STEPS), epochs=1, verbose=0)
+    kernel, bias = (keras.ops.convert_to_numpy(weight) for weight in model.layers[0].weights)
+    kernel = kernel.reshape(-1) / scale
+    return kernel, float(bias[0] - np.dot(kernel, mean))
+
+
 def fit_head_on_frozen_encoder(model: SentimentClassifier, train: tf.data.Dataset) -> None:
     """Set the sentiment head to a logistic regression fitted on the frozen encoder's pooled features of
     one pass over `train`, so fine-tuning starts from a head that already reads the encoder instead of a
     random one (LP-FT: Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features")."""
-    from imdb_bert import linear_probe
-
     pooled = keras.Model(model.input, model.get_layer("classifier_dropout").input)
     features, labels = zip(*((keras.ops.convert_to_numpy(pooled(windows, training=False)), label.numpy())
                              for windows, label in train))
-    kernel, bias = linear_probe.fit_logistic_regression(np.concatenate(features).astype(np.float64),
+    kernel, bias = fit_logistic_regression(np.concatenate(features).astype(np.float64),
                                                         np.concatenate(labels))
     model.get_layer("sentiment").set_weights([kernel[:, None].astype("float32"), np.array([bias], "float32")])
 

@@ -16,8 +16,6 @@ import tensorflow as tf
 
 from imdb_bert import classifier
 
-L2 = 1e-3
-STEPS = 300
 DEV_REVIEWS = 2000   # a class-balanced sample of the labelled dev reviews scores the probe
 SAMPLE_SEED = 0      # one training sample for every run probed, whatever its own seed
 
@@ -56,27 +54,10 @@ def review_features(encoder: keras.Model, batches: tf.data.Dataset) -> tuple[dic
     return {name: np.concatenate(values) for name, values in features.items()}, np.concatenate(labels)
 
 
-def fit_logistic_regression(train_x: np.ndarray, train_y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
-    """(kernel [features], bias) of a logistic regression fitted on (train_x, train_y): trained on
-    standardised features, returned for the raw ones (the standardisation folded into the weights)."""
-    mean, scale = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((train_x.shape[1],)),
-                              keras.layers.Dense(1, kernel_regularizer=keras.regularizers.L2(L2), dtype="float32")])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    # STEPS full-batch steps in one epoch: as many epochs of one step each spend most of their time in
-    # Keras' per-epoch work, not in the step.
-    full_batch = tf.data.Dataset.from_tensors(((train_x - mean) / scale, train_y.astype("float32")))
-    model.fit(full_batch.repeat(STEPS), epochs=1, verbose=0)
-    kernel, bias = (keras.ops.convert_to_numpy(weight) for weight in model.layers[0].weights)
-    kernel = kernel.reshape(-1) / scale
-    return kernel, float(bias[0] - np.dot(kernel, mean))
-
-
 def logistic_regression_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                                  seed: int = 0) -> float:
     """Accuracy on (test_x, test_y) of a logistic regression fitted on (train_x, train_y)."""
-    kernel, bias = fit_logistic_regression(train_x, train_y, seed)
+    kernel, bias = classifier.fit_logistic_regression(train_x, train_y, seed)
     return float(np.mean((test_x.astype(np.float64) @ kernel + bias > 0) == (test_y == 1)))
 
 

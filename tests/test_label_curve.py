@@ -121,13 +121,13 @@ def test_frozen_probe_scores_every_layer_of_both_encoders(trained_run):
 def test_the_logistic_regression_works_on_raw_features():
     # fit_logistic_regression trains on standardised features and folds the standardisation into
     # the weights it returns, so a head that reads raw pooled features can use them as they are.
-    from imdb_bert import linear_probe
+    from imdb_bert import classifier, linear_probe
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
     features = rng.normal(size=(400, 6)) * [1, 10, 100, 1, 1, 1] + [5, -50, 300, 0, 0, 0]
     features[:, 0] += 2.0 * labels                                           # one informative feature, off-centre
-    kernel, bias = linear_probe.fit_logistic_regression(features, labels)
+    kernel, bias = classifier.fit_logistic_regression(features, labels)
     assert np.mean((features @ kernel + bias > 0) == labels) > 0.8
     assert abs(kernel[0]) > 5 * max(abs(kernel[1:]))                        # it reads the informative one
     assert linear_probe.logistic_regression_accuracy(features[:300], labels[:300], features[300:], labels[300:]) > 0.75
