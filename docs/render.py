@@ -149,6 +149,8 @@ PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-avx2"}, "docs/pretr
           "plot_pretraining_curve"),
          ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "2000"},
           "docs/pretraining_curve_cpu_bf16.png", "plot_pretraining_curve"),
+         ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "6000"},
+          "docs/pretraining_curve_cpu_bf16_6000.png", "plot_pretraining_curve"),
          ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000"}, "docs/label_curve_cpu_bf16.png",
           "plot_label_curve")]
 
