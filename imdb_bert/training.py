@@ -115,6 +115,10 @@ def learning_rate_schedule(schedule: ScheduleConfig, total_steps: int):
         decay_steps=max(total_steps - warmup, 1), alpha=0.02)
 
 
+# Steps timed before a time budget may stop on a reserve reckoned from the step time.
+MEASURED_STEPS = 10
+
+
 class TimeBudget(keras.callbacks.Callback):
     """The training stage's wall-clock budget: `minutes` from the stage's start (`origin`, a
     `time.perf_counter()` reading; without one, from the end of the first step) to the published run
@@ -124,7 +128,9 @@ class TimeBudget(keras.callbacks.Callback):
     time per batch the run's validation passes measure (before the first, half a training step), and
     `publish_seconds`.
     Steps stop when the clock reaches the budget less that reserve, so a faster machine makes more
-    steps in the same minutes, never a longer wait.
+    steps in the same minutes, never a longer wait. The step time is the median of the first
+    `MEASURED_STEPS` steps (then a moving average), and the steps do not stop before those are timed:
+    one slow early step would otherwise reckon a reserve that ends a short budget at once.
 
     Before each step it sets the learning rate: linear warm-up over the first `warmup_steps` steps,
     then the decay of `kind` over the share of the training time used, so a cheaper step buys more
@@ -147,6 +153,7 @@ class TimeBudget(keras.callbacks.Callback):
         # A state saved before the clock counted the whole stage has no first step: its clock began there.
         self.first_step = state.get("first_step_seconds", 0.0 if "train_seconds" in state else None)
         self.step, self.step_seconds, self.eval_batch_seconds = 0, None, None
+        self.first_step_times: list[float] = []
         self.last_batch_end = self.test_started = None
         self.test_batches = 0
         self.in_phase = self.phase_ended = False
@@ -206,8 +213,16 @@ class TimeBudget(keras.callbacks.Callback):
             self.origin = now
         if self.last_batch_end is not None:   # the first step of a fit call also builds the graph
             took = now - self.last_batch_end
-            self.step_seconds = took if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * took
+            if len(self.first_step_times) < MEASURED_STEPS:
+                # The first steps after the graph is built can be slow (the input pipeline filling its
+                # buffers): a median of several, not one, sets the step time the reserve is reckoned from.
+                self.first_step_times.append(took)
+                self.step_seconds = float(np.median(self.first_step_times))
+            else:
+                self.step_seconds = 0.9 * self.step_seconds + 0.1 * took
         self.last_batch_end = now
+        if len(self.first_step_times) < MEASURED_STEPS and self.eval_batch_seconds is None:
+            return   # too few steps measured to reckon the reserve from
         if self.used_up:
             self.stop()
         elif self.in_phase and not self.in_first_phase:
