@@ -392,8 +392,7 @@ def fit_head_on_frozen_encoder(model: SentimentClassifier, train: tf.data.Datase
     pooled = keras.Model(model.input, model.get_layer("classifier_dropout").input)
     features, labels = zip(*((keras.ops.convert_to_numpy(pooled(windows, training=False)), label.numpy())
                              for windows, label in train))
-    kernel, bias = fit_logistic_regression(np.concatenate(features).astype(np.float64),
-                                                        np.concatenate(labels))
+    kernel, bias = fit_logistic_regression(np.concatenate(features).astype(np.float64), np.concatenate(labels))
     model.get_layer("sentiment").set_weights([kernel[:, None].astype("float32"), np.array([bias], "float32")])
 
 
