@@ -37,7 +37,8 @@ def main():
                        "pretrained with another seed can be fine-tuned on the same samples)", ""),
         "models": ("which models, separated by commas", ",".join(label_efficiency.MODELS)),
         "windows": ("windows of max_seq_len each review is read as", "2"),
-        "passes": ("reviews each model reads in all (an epoch is an eighth of them, at least the sample)", "6000")},
+        "passes": ("reviews each model reads in all (an epoch is an eighth of them, at least the sample)",
+                   str(label_efficiency.CurvePlan.review_passes))},
         flags={"dev-only": "score on dev reviews, append rows to <runs_dir>/label_curve_study.csv (for choosing settings)"})
     try:
         counts = label_efficiency.parse_counts(options.labels)
