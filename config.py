@@ -310,7 +310,7 @@ def load_stage_config(description: str, shorthands: tuple[str, ...] = (), flags:
     for name, help_text in (flags or {}).items():
         parser.add_argument(f"--{name}", action="store_true", help=help_text)
     for name, (help_text, default) in (options or {}).items():
-        parser.add_argument(f"--{name}", default=default, help=f"{help_text} (default {default})")
+        parser.add_argument(f"--{name}", default=default, help=f"{help_text} (default {default})" if default else help_text)
     arguments = parser.parse_args()
     arguments.overrides += [f"{name}={getattr(arguments, name)}" for name in shorthands
                             if getattr(arguments, name) is not None]

@@ -1,19 +1,19 @@
 """Where pretraining pays: fine-tuned sentiment accuracy against the number of labelled reviews.
 
-    python label_curve.py [--preset P] [--labels 100,300,1000,3000,all] [--seeds 3] [--windows 2] [--passes 6000] [--force]
+    python label_curve.py [--preset P] [--labels 100,300,1000,3000,all] [--seeds 3] [--windows 8] [--passes 6000] [--force]
     python label_curve.py --dev-only --labels 300,1000 --models pretrained,scratch --set classifier_encoder_rate=0.1
 
 For each label count, a class-balanced sample of the labelled training reviews (seeded; a seed's
 smaller samples are part of its larger ones) trains three models: the run's pretrained encoder
 fine-tuned with the classifier_* settings, the same architecture from random weights, and a bag of
 words. Counts up to 1,000 use --seeds seeds (sample and initialisation), larger ones the first
-seed. A review is read as up to --windows windows of max_seq_len (its start; 2 by default, a quarter
-of what classifier_training.py reads at the cpu preset, to keep the curve's cost down). A model
-reads about --passes reviews in all: an epoch is the sample repeated to at least an eighth of them,
-with enough epochs for the rest (between classifier_epochs and 8; 6,000 by default, chosen on dev
-over 2,000: docs/transfer.md); the epoch kept is the best on the
-500 labelled dev reviews (a class-balanced sample: the splits are stored grouped by label), and
-the held-out reviews are scored once per model. Writes
+seed. A review is read as up to --windows windows of max_seq_len from its start (by default as many
+as classifier_training.py reads, classifier_max_windows: 8 at the cpu preset, chosen on dev over
+2: docs/transfer.md). A model reads about --passes reviews in all: an epoch is the sample repeated
+to at least an eighth of them, with enough epochs for the rest (between classifier_epochs and 8;
+6,000 by default, chosen on dev over 2,000); the epoch kept is the best on the 500 labelled dev
+reviews (a class-balanced sample: the splits are stored grouped by label), and the held-out
+reviews are scored once per model. Writes
 <run_dir>/label_curve/ (label_curve.csv, label_curve.png, manifest.json) and adds the table and the
 plot to the run's report.md.
 
@@ -36,13 +36,15 @@ def main():
         "first-seed": ("the first sample and initialisation seed (default: the config's seed, so an encoder "
                        "pretrained with another seed can be fine-tuned on the same samples)", ""),
         "models": ("which models, separated by commas", ",".join(label_efficiency.MODELS)),
-        "windows": ("windows of max_seq_len each review is read as", "2"),
+        "windows": ("windows of max_seq_len each review is read as (default: the config's classifier_max_windows, "
+                    "as classifier_training.py reads it)", ""),
         "passes": ("reviews each model reads in all (an epoch is an eighth of them, at least the sample)",
                    str(label_efficiency.CurvePlan.review_passes))},
         flags={"dev-only": "score on dev reviews, append rows to <runs_dir>/label_curve_study.csv (for choosing settings)"})
     try:
         counts = label_efficiency.parse_counts(options.labels)
-        seeds, windows, passes = int(options.seeds), int(options.windows), int(options.passes)
+        seeds, passes = int(options.seeds), int(options.passes)
+        windows = int(options.windows) if options.windows else config.classifier_max_windows
         first_seed = int(options.first_seed) if options.first_seed else config.seed
         models = tuple(name.strip() for name in options.models.split(","))
         if min(seeds, windows, passes) < 1:

@@ -6,7 +6,8 @@
 
 A block is the text between `<!-- render KIND CSV [FILTER=VALUE ...] -->` and `<!-- /render -->`;
 KIND is one of RENDERERS below, CSV a path from the repository's root, and each FILTER=VALUE keeps
-only the rows whose column FILTER equals VALUE (starts with it, when VALUE ends in `*`);
+only the rows whose column FILTER equals VALUE (starts with it, when VALUE ends in `*`; equals one of
+them, for `a|b`);
 `columns=A,B,...` makes the `rows` table show only those columns.
 """
 
@@ -48,13 +49,13 @@ def label_screen_table(rows: list[dict]) -> str:
     """label_curve.py --dev-only rows: dev accuracy per run, fine-tuning settings, model and label count
     (mean over seeds and their range). Rows from before a setting existed have its default."""
     settings = {"classifier_pooling": "", "classifier_learning_rate": "", "classifier_encoder_rate": "",
-                "classifier_layer_decay": "", "classifier_probe_first": "False", "review_passes": "2000"}
+                "classifier_layer_decay": "", "classifier_probe_first": "False", "review_passes": "2000", "windows": "2"}
     groups: dict[tuple, list[float]] = {}
     for row in rows:
         key = (row["run"], *(row.get(name) or default for name, default in settings.items()), row["model"], row["labels"])
         groups.setdefault(key, []).append(float(row["accuracy"]))
-    lines = ["| run | pooling | learning rate | encoder rate | layer decay | head fitted first | reviews read | model "
-             "| labels | seeds | dev accuracy (mean) | min–max |", "|" + " --- |" * 12]
+    lines = ["| run | pooling | learning rate | encoder rate | layer decay | head fitted first | reviews read | windows "
+             "| model | labels | seeds | dev accuracy (mean) | min–max |", "|" + " --- |" * 13]
     for (run, *chosen, model, labels), values in groups.items():
         lines.append(f"| {run} | {' | '.join(chosen)} | {model} | {labels} | {len(values)} | "
                      f"{sum(values) / len(values):.4f} | {min(values):.4f}–{max(values):.4f} |")
@@ -151,8 +152,17 @@ PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-avx2"}, "docs/pretr
           "docs/pretraining_curve_cpu_bf16.png", "plot_pretraining_curve"),
          ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "6000"},
           "docs/pretraining_curve_cpu_bf16_6000.png", "plot_pretraining_curve"),
-         ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000"}, "docs/label_curve_cpu_bf16.png",
-          "plot_label_curve")]
+         ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000", "windows": "2|all"},
+          "docs/label_curve_cpu_bf16.png", "plot_label_curve"),
+         ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000", "windows": "8|all"},
+          "docs/label_curve_cpu_bf16_8windows.png", "plot_label_curve")]
+
+
+def matches(row: dict, column: str, value: str) -> bool:
+    """The row's column holds the value, one of "a|b", or a value starting with "a" for "a*"."""
+    if value.endswith("*"):
+        return row.get(column, "").startswith(value[:-1])
+    return row.get(column) in value.split("|")
 
 
 def render_block(kind: str, path: str, filters: str) -> str:
@@ -163,10 +173,8 @@ def render_block(kind: str, path: str, filters: str) -> str:
         column, value = condition.split("=", 1)
         if column == "columns":
             options["columns"] = value.split(",")
-        elif value.endswith("*"):
-            rows = [row for row in rows if row.get(column, "").startswith(value[:-1])]
         else:
-            rows = [row for row in rows if row.get(column) == value]
+            rows = [row for row in rows if matches(row, column, value)]
     return RENDERERS[kind](rows, **options) + "\n"
 
 
@@ -183,7 +191,7 @@ def main() -> int:
     if arguments.plots:
         for source, kept, image, plotter in PLOTS:
             with open(os.path.join(ROOT, source), newline="", encoding="utf-8") as handle:
-                rows = [row for row in csv.DictReader(handle) if all(row[key] == value for key, value in kept.items())]
+                rows = [row for row in csv.DictReader(handle) if all(matches(row, *item) for item in kept.items())]
             globals()[plotter](rows, os.path.join(ROOT, image))
             print(f"drew {image}")
     stale = []

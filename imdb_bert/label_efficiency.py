@@ -242,6 +242,7 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
                        "epoch_picked": result["epoch_picked_on_dev"],
                        "epochs": BAG_OF_WORDS_EPOCHS if model_name == "bag_of_words" else schedule.epochs,
                        "passes_per_epoch": repeats if model_name == "bag_of_words" else schedule.repeats,
+                       "windows": "all" if model_name == "bag_of_words" else plan.max_windows,   # of each review
                        "review_passes": plan.review_passes,   # the curve's rule (the bag of words has its own)
                        "seconds": round(time.time() - started, 1)}
                 on_row(row)

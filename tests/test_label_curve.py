@@ -44,10 +44,15 @@ def test_small_samples_get_more_passes_and_counts_parse():
         label_efficiency.parse_counts("100,ten")
 
 
+# The tiny preset reads 2 windows of a review; 3 here shows the curve reads as many as the classifier.
+CURVE_COMMAND = ["label_curve.py", "--labels", "40,all", "--seeds", "1", "--first-seed", "7",
+                 "--set", "classifier_max_windows=3"]
+
+
 @pytest.fixture(scope="module")
 def curve(trained_run):
     data_dir, _ = trained_run
-    result = run_stage(["label_curve.py", "--labels", "40,all", "--seeds", "1", "--first-seed", "7"], data_dir)
+    result = run_stage(CURVE_COMMAND, data_dir)
     return data_dir, os.path.join(data_dir, "runs", "tiny"), result
 
 
@@ -65,6 +70,7 @@ def test_label_curve_writes_its_csv_plot_and_report_section(curve):
         assert 1 <= int(row["epoch_picked"]) <= int(row["epochs"])
     assert {row["train_reviews"] for row in rows if row["labels"] == "40"} == {"40"}
     assert {row["seed"] for row in rows} == {"7"}                              # --first-seed, not the config's 42
+    assert {row["model"]: row["windows"] for row in rows} == {"pretrained": "3", "scratch": "3", "bag_of_words": "all"}
     with open(os.path.join(folder, "label_curve.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.isfile(os.path.join(folder, "manifest.json"))
@@ -72,7 +78,7 @@ def test_label_curve_writes_its_csv_plot_and_report_section(curve):
     assert report.count("## Sentiment against the number of labels") == 1
     assert "![held-out accuracy against labels](label_curve/label_curve.png)" in report
     assert "# Run `tiny`" in report                                             # the rest of the report is kept
-    again = run_stage(["label_curve.py", "--labels", "40,all", "--seeds", "1", "--first-seed", "7"], data_dir)
+    again = run_stage(CURVE_COMMAND, data_dir)
     assert "label_curve: up to date" in again.stdout
 
 
