@@ -230,19 +230,20 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
                     model, best = classifier.fit_bag_of_words(sample.repeat(repeats), dev_reviews, BAG_OF_WORDS_EPOCHS,
                                                               seed, verbose=0, learning_rate=BAG_OF_WORDS_RATE)
                     result = classifier.evaluate_picked(model, held_out_reviews.batch(256), best)
+                    how_trained = {"epochs": BAG_OF_WORDS_EPOCHS, "passes_per_epoch": repeats, "windows": "all"}
                 else:
                     masked_lm = (probe.load_model(model_path) if model_name == "pretrained"
                                  else build_masked_lm(model_config))
                     model, best, _ = classifier.fine_tune(masked_lm, fine_tuning, tokens, train, dev, schedule.epochs,
                                                           steps_per_epoch, verbose=0)
                     result = classifier.evaluate_picked(model, held_out, best)
+                    how_trained = {"epochs": schedule.epochs, "passes_per_epoch": schedule.repeats,
+                                   "windows": plan.max_windows}   # of each review
                 row = {"labels": count, "train_reviews": reviews, "seed": seed, "model": model_name,
                        "scored_on": SCORED_ON[plan.dev_only], "accuracy": round(result["accuracy"], 4),
                        "dev_accuracy": round(result["dev_accuracy"], 4),
                        "epoch_picked": result["epoch_picked_on_dev"],
-                       "epochs": BAG_OF_WORDS_EPOCHS if model_name == "bag_of_words" else schedule.epochs,
-                       "passes_per_epoch": repeats if model_name == "bag_of_words" else schedule.repeats,
-                       "windows": "all" if model_name == "bag_of_words" else plan.max_windows,   # of each review
+                       **how_trained,
                        "review_passes": plan.review_passes,   # the curve's rule (the bag of words has its own)
                        "seconds": round(time.time() - started, 1)}
                 on_row(row)

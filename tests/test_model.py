@@ -303,7 +303,7 @@ def test_a_time_budget_keeps_back_the_time_of_the_final_evaluation_and_exports()
 def test_one_slow_early_step_does_not_end_a_short_budget():
     """A 12-second budget keeping back 20 batches of evaluation: the reserve is reckoned from the
     median of the first steps, so one slow second step (2 s, as when the input pipeline fills its
-    buffers) does not make it 20 s and stop the run at once (before the median: 2 steps)."""
+    buffers) does not make it 20 s and stop the run at once (reckoned from that one step: 3 steps)."""
     masked_lm = masked_lm_for(config.make_config("tiny", {"train_minutes": "0.2"}), VOCAB, total_steps=10)
     masked_lm.fit(random_batches(), steps_per_epoch=1, epochs=1, verbose=0)   # the graph is built before the clock
     budget = training.TimeBudget(0.2, 1e-3, 2, "linear", final_batches=20)
