@@ -1,0 +1,74 @@
+"""Copy a run's measured label curve into results/, where docs/render.py draws the tables from.
+
+    python3 docs/record_curve.py runs/cpu-30min-bf16 --as cpu-30min-bf16 [--pretrain-minutes 30 --machine epyc-bf16]
+                                 [--results results]
+
+Appends each row of <run>/label_curve/label_curve.csv to results/label_curve.csv under the name --as,
+with the CPU (from lscpu) and today's date. With --pretrain-minutes, the rows at 100, 300, 1,000 and
+all labels also go to results/pretraining_curve.csv (the pretraining-compute curve), with the
+encoder's optimizer steps and held-out masked-token accuracy from the run's metrics.json and
+--machine naming the kind of CPU (the curves of different machines are kept apart).
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from imdb_bert import artifacts  # noqa: E402
+
+CURVE_KEYS = ["labels", "train_reviews", "seed", "model", "scored_on", "accuracy", "dev_accuracy", "epoch_picked",
+              "epochs", "passes_per_epoch", "windows", "review_passes", "seconds"]
+COMPUTE_CURVE_LABELS = ("100", "300", "1000", "all")
+
+
+def cpu_description() -> str:
+    """"AMD EPYC family 26 AVX512_BF16 2 cores": the facts a figure's step rate depends on."""
+    facts = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                 if ":" in line)
+    facts = {key.strip(): value.strip() for key, value in facts.items()}
+    bf16 = "AVX512_BF16" if "avx512_bf16" in facts.get("Flags", "").split() else "AVX2 no bf16"
+    return f"{facts.get('Model name', '?')} family {facts.get('CPU family', '?')} {bf16} {os.cpu_count()} cores"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--as", dest="name", required=True, help="the run's name in results/ (e.g. cpu-30min-bf16)")
+    parser.add_argument("--pretrain-minutes", default="", help="also record the compute curve's rows, at these minutes")
+    parser.add_argument("--machine", default="", help="the kind of CPU in results/pretraining_curve.csv (epyc-bf16)")
+    parser.add_argument("--results", default=os.path.join(ROOT, "results"), help="the folder of the CSVs")
+    arguments = parser.parse_args()
+    if arguments.pretrain_minutes and not arguments.machine:
+        parser.error("--pretrain-minutes needs --machine")
+    with open(os.path.join(arguments.run_dir, "label_curve", "label_curve.csv"), newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(os.path.join(arguments.run_dir, "label_curve", "manifest.json"), encoding="utf-8") as handle:
+        learning_rate = json.load(handle)["config"]["classifier_learning_rate"]
+    with open(os.path.join(arguments.run_dir, "metrics.json"), encoding="utf-8") as handle:
+        metrics = json.load(handle)
+    cpu, date = cpu_description(), time.strftime("%Y-%m-%d")
+    for row in rows:
+        artifacts.append_row(os.path.join(arguments.results, "label_curve.csv"),
+                             {"run": arguments.name, **{key: row[key] for key in CURVE_KEYS}, "cpu": cpu, "date": date})
+        if arguments.pretrain_minutes and row["labels"] in COMPUTE_CURVE_LABELS:
+            pretrained = row["model"] == "pretrained"
+            artifacts.append_row(os.path.join(arguments.results, "pretraining_curve.csv"), {
+                "pretrain_minutes": arguments.pretrain_minutes if pretrained else "0",
+                "optimizer_steps": metrics["optimizer_steps"] if pretrained else 0,
+                "masked_accuracy": f"{metrics['validation_masked_accuracy']:.4f}" if pretrained else "",
+                "classifier_learning_rate": learning_rate,
+                **{key: row[key] for key in CURVE_KEYS if key != "labels"}, "labels": row["labels"],
+                "machine": arguments.machine})
+    print(f"{len(rows)} rows of {arguments.run_dir} recorded as {arguments.name} ({cpu})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
