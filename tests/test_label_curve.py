@@ -82,6 +82,34 @@ def test_label_curve_writes_its_csv_plot_and_report_section(curve):
     assert "label_curve: up to date" in again.stdout
 
 
+def test_a_measured_curve_is_recorded_into_the_results_csvs(curve, tmp_path):
+    # docs/record_curve.py is how a curve's rows reach results/ (the docs' tables are drawn from there).
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    _, run_dir, _ = curve
+    command = [sys.executable, os.path.join(ROOT, "docs", "record_curve.py"), run_dir, "--as", "tiny-test",
+               "--pretrain-minutes", "2", "--machine", "test-cpu", "--results", str(tmp_path)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    with open(tmp_path / "label_curve.csv", newline="") as handle:
+        curve_rows = list(csv.DictReader(handle))
+    with open(tmp_path / "pretraining_curve.csv", newline="") as handle:
+        compute_rows = list(csv.DictReader(handle))
+    assert len(curve_rows) == 6 and {row["run"] for row in curve_rows} == {"tiny-test"}
+    assert {row["model"]: row["windows"] for row in curve_rows} == {"pretrained": "3", "scratch": "3", "bag_of_words": "all"}
+    assert all("family" in row["cpu"] and row["date"] for row in curve_rows)
+    # 40 labels is not a compute-curve count (100, 300, 1,000, all): only the "all" rows go there.
+    assert sorted(row["model"] for row in compute_rows) == ["bag_of_words", "pretrained", "scratch"]
+    steps = json.load(open(os.path.join(run_dir, "metrics.json")))["optimizer_steps"]
+    for row in compute_rows:
+        pretrained = row["model"] == "pretrained"
+        assert row["labels"] == "all" and row["machine"] == "test-cpu"
+        assert (row["pretrain_minutes"], int(row["optimizer_steps"])) == (("2", steps) if pretrained else ("0", 0))
+
+
 def test_label_curve_samples_come_from_the_training_split_only(curve):
     from imdb_bert import classifier, corpus, label_efficiency
 
