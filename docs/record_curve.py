@@ -64,8 +64,7 @@ def main() -> int:
                 "optimizer_steps": metrics["optimizer_steps"] if pretrained else 0,
                 "masked_accuracy": f"{metrics['validation_masked_accuracy']:.4f}" if pretrained else "",
                 "classifier_learning_rate": learning_rate,
-                **{key: row[key] for key in CURVE_KEYS if key != "labels"}, "labels": row["labels"],
-                "machine": arguments.machine})
+                **{key: row[key] for key in CURVE_KEYS}, "machine": arguments.machine})
     print(f"{len(rows)} rows of {arguments.run_dir} recorded as {arguments.name} ({cpu})")
     return 0
 

@@ -159,7 +159,7 @@ PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-avx2"}, "docs/pretr
          ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "6000", "windows": "2|all"},
           "docs/pretraining_curve_cpu_bf16_6000.png", "plot_pretraining_curve"),
          ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "6000", "windows": "8|all",
-                                            "labels": "300|1000|all"},
+                                            "labels": "100|300|1000|all"},
           "docs/pretraining_curve_cpu_bf16_8windows.png", "plot_pretraining_curve"),
          ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000", "windows": "2|all"},
           "docs/label_curve_cpu_bf16.png", "plot_label_curve"),
