@@ -30,9 +30,8 @@ COMPUTE_CURVE_LABELS = ("100", "300", "1000", "all")
 
 def cpu_description() -> str:
     """"AMD EPYC family 26 AVX512_BF16 2 cores": the facts a figure's step rate depends on."""
-    facts = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                 if ":" in line)
-    facts = {key.strip(): value.strip() for key, value in facts.items()}
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    facts = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
     bf16 = "AVX512_BF16" if "avx512_bf16" in facts.get("Flags", "").split() else "AVX2 no bf16"
     return f"{facts.get('Model name', '?')} family {facts.get('CPU family', '?')} {bf16} {os.cpu_count()} cores"
 
