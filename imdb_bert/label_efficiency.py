@@ -218,6 +218,9 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
             chosen = balanced_sample(labels, count, seed)
             sample, reviews = select(train_reviews, chosen, len(labels)), len(chosen)
             schedule = schedule_for(reviews, plan.classifier_epochs, plan.review_passes)
+            # The shuffle's order depends on the global seed too: set here, a point does not depend on
+            # which points ran before it in the process.
+            keras.utils.set_random_seed(seed)
             train = classifier.batches(windows_of(sample).repeat(schedule.repeats), plan.batch_size, longest,
                                        shuffle_seed=seed)
             steps_per_epoch = sum(1 for _ in train)
