@@ -315,11 +315,11 @@ def evaluate(model: keras.Model, data: tf.data.Dataset) -> dict:
 
     The confusion matrix rows are the true labels (negative, positive), columns the predictions.
     """
-    # One graph for every batch shape: called eagerly, the model spends most of a scoring pass in Python.
-    logits_of = tf.function(lambda features: model(features, training=False), reduce_retracing=True)
     labels, logits = [], []
     for features, label in data:
-        logits.append(keras.ops.convert_to_numpy(logits_of(features)).reshape(-1))
+        # Keras's compiled predict step, kept on the model: called eagerly, the model spends most of a
+        # scoring pass in Python.
+        logits.append(np.asarray(model.predict_on_batch(features)).reshape(-1))
         labels.append(label.numpy().reshape(-1))
     labels, logits = np.concatenate(labels), np.concatenate(logits).astype(np.float64)
     predicted = (logits > 0).astype(np.int64)
