@@ -105,7 +105,7 @@ def test_a_run_is_compared_with_the_recorded_runs_of_its_shape_at_its_own_step_c
 def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path):
     data_dir, run_dir, _, _ = evaluated
     other_data = copy_data((data_dir, None), tmp_path)
-    run_stage(["model_training.py"], other_data, "mask_rate=0.3", "steps_per_epoch=10", "run_name=masked30")
+    run_stage(["model_training.py"], other_data, "mask_rate=0.3", "steps_per_epoch=10", "epochs=1", "run_name=masked30")
     shutil.copytree(run_dir, os.path.join(other_data, "runs", "tiny"))
     runs = [os.path.join(other_data, "runs", name) for name in ("tiny", "masked30")]
     # The copied run names the original data folder; evaluate both against the same held-out reviews.

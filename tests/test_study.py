@@ -15,7 +15,7 @@ def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_da
     results, runs = str(tmp_path / "study.csv"), str(tmp_path / "runs")
     # seq64to128 trains on 128-token windows (tiny has 64) after 90% of its time on 64-token ones,
     # and is scored on 64-token dev windows, as a run of tiny's own length would be.
-    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.3", "--seeds", "1", "2", "--probe-labels", "60",
+    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.15", "--seeds", "1", "2", "--probe-labels", "60",
                         "--score-seq-len", "64", "--results", results, "seq64to128"],
                        data_dir, f"runs_dir={runs}", "steps_per_epoch=100000")   # no epoch end in the few seconds
     with open(results, newline="") as handle:
