@@ -48,9 +48,13 @@ def test_generator_is_a_quarter_as_wide_and_shares_the_encoders_tables(tmp_path)
                   - np.asarray(pretrainer.encoder(features["input_ids"]))).max() == 0.0
 
 
+# Two epochs: the loss is compared between the first and the last.
+ELECTRA_RUN = ("objective=electra", "run_name=electra", "epochs=2")
+
+
 def test_model_training_trains_the_tiny_preset_with_electra_and_its_loss_falls(built_data, tmp_path):
     data_dir = copy_data(built_data, tmp_path)
-    trained = run_stage(["model_training.py"], data_dir, "objective=electra", "run_name=electra", "epochs=2")
+    trained = run_stage(["model_training.py"], data_dir, *ELECTRA_RUN)
     run_dir = os.path.join(data_dir, "runs", "electra")
     with open(os.path.join(run_dir, "history.csv"), newline="") as handle:
         history = list(csv.DictReader(handle))
@@ -62,7 +66,7 @@ def test_model_training_trains_the_tiny_preset_with_electra_and_its_loss_falls(b
     assert json.load(open(os.path.join(run_dir, "config.json")))["objective"] == "electra"
     assert "the generator's" in open(os.path.join(run_dir, "report.md")).read()
     filled = run_stage(["fill_mask.py", "--json", "i have watched this [MASK] and it was awesome"], data_dir,
-                       "objective=electra", "run_name=electra", "epochs=2")
+                       *ELECTRA_RUN)
     assert len(json.loads(filled.stdout)) == 5
     assert "Traceback" not in trained.stderr
 
