@@ -16,7 +16,7 @@ import os
 import time
 
 import config as config_module
-from imdb_bert import pipeline
+from imdb_bert import artifacts, pipeline
 
 
 def main():
@@ -25,6 +25,16 @@ def main():
     parser.add_argument("--compare", action="store_true", help="print one table of all runs side by side")
     parser.add_argument("--json", action="store_true", help="also print each run's numbers as JSON")
     arguments = parser.parse_args()
+    if arguments.compare:
+        # `runs/*` as a shell expands it also names files and other folders (fit caches, study CSVs,
+        # a run still in progress): those are skipped with a note, a damaged run folder is still refused.
+        skipped = [path for path in arguments.runs if not os.path.isfile(os.path.join(path, artifacts.MANIFEST))]
+        for path in skipped:
+            print(f"evaluate: skipping {path}: not a finished run folder (no {artifacts.MANIFEST})")
+        arguments.runs = [path for path in arguments.runs if path not in skipped]
+        if not arguments.runs:
+            raise artifacts.StageError(f"--compare found no finished run folder among the {len(skipped)} paths given; "
+                                       f"train one first: {pipeline.COMMANDS['model_training']}")
     for run_dir in arguments.runs:
         pipeline.read_run(run_dir)   # every folder is refused in one line before any TensorFlow work
 

@@ -38,7 +38,7 @@ NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_e
 # before it did: a manifest without the key was built with that value, so it stays current.
 ADDED_KEYS = {"objective": "mlm", "generator_size": 0.25, "discriminator_weight": 50.0,
               "classifier_encoder_rate": 1.0, "classifier_weight_decay": 0.01, "bag_of_words_epochs": 4,
-              "classifier_probe_first": False}
+              "classifier_probe_first": False, "steps_per_execution": 1}
 # The layout of a saved model. Runs saved in an older layout are refused with one line, and count
 # as out of date, so model_training.py retrains them.
 MODEL_FORMAT = 2
@@ -196,10 +196,11 @@ def current_run(config) -> dict:
                         training_identity(config)["inputs"])
 
 
-def read_run(run_dir: str) -> dict:
+def read_run(run_dir: str, other_run: str = "") -> dict:
     """The manifest of a finished training run, refused in one line if it is missing or was saved
-    in an older model format than this code reads."""
-    manifest = artifacts.read_manifest(run_dir, f"run: {COMMANDS['model_training']} (or pass --run FOLDER)",
+    in an older model format than this code reads. `other_run` says how the calling command names
+    another run folder (its own flag), for the message."""
+    manifest = artifacts.read_manifest(run_dir, f"run: {COMMANDS['model_training']}{other_run}",
                                        f"{rerun('model_training')} to train it again")
     found = manifest.get("inputs", {}).get("model_format", "1")
     if found != str(MODEL_FORMAT):

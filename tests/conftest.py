@@ -117,15 +117,40 @@ def run_stage(command: list[str], data_dir: str, *settings: str, environment=Non
     return result
 
 
+FLAG = r"(?<![\w-])--[a-z][a-z-]*"
+_flags_of_script: dict[str, set[str]] = {}
+
+
+def flags_of(script: str) -> set[str]:
+    """The flags `script --help` lists."""
+    import re
+
+    if script not in _flags_of_script:
+        result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=stage_environment(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        _flags_of_script[script] = set(re.findall(FLAG, result.stdout))
+    return _flags_of_script[script]
+
+
 def one_line_error(result, *fragments: str) -> str:
     """Assert `result` failed with exit code 2 and one `error:` line (no traceback) holding each
-    fragment; return that line."""
+    fragment; return that line. A flag the line names for the same command must be one that command
+    has (a hint to "pass --run" is no help from a script without it)."""
+    import re
+
     assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in line, (fragment, line)
+    script = next((arg for arg in getattr(result, "args", []) or [] if str(arg).endswith(".py")), None)
+    if script is not None:
+        named = {flag for flag in re.findall(FLAG, line)
+                 # a hint naming another command ("rerun python data_prep.py --force") names that command's flags
+                 if not re.search(r"\.(py|sh)(\s+--[\w-]+(\s+[^\s(-]\S*)?)*\s+" + re.escape(flag) + r"\b", line)}
+        assert named <= flags_of(os.path.join(ROOT, str(script))), (script, named - flags_of(os.path.join(ROOT, str(script))), line)
     return line
 
 
@@ -188,7 +213,7 @@ def masked_lm_for(settings, vocab_size: int, total_steps: int | None = None):
     built = model.build_masked_lm(pipeline.settings(model.ModelConfig, settings, vocab_size=vocab_size))
     if total_steps:
         training.compile_masked_lm(built, pipeline.settings(training.ScheduleConfig, settings), settings.weight_decay,
-                                   total_steps, settings.jit_compile)
+                                   total_steps, settings.jit_compile, settings.steps_per_execution)
     return built
 
 

@@ -108,8 +108,14 @@ def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path)
     run_stage(["model_training.py"], other_data, "mask_rate=0.3", "steps_per_epoch=10", "epochs=1", "run_name=masked30")
     shutil.copytree(run_dir, os.path.join(other_data, "runs", "tiny"))
     runs = [os.path.join(other_data, "runs", name) for name in ("tiny", "masked30")]
+    # `runs/*` as a shell gives it: a file and a folder that is no run come along, and are skipped.
+    open(os.path.join(other_data, "runs", "study.csv"), "w").close()
+    os.makedirs(os.path.join(other_data, "runs", "fit_cache"), exist_ok=True)
+    strays = [os.path.join(other_data, "runs", name) for name in ("study.csv", "fit_cache")]
     # The copied run names the original data folder; evaluate both against the same held-out reviews.
-    result = evaluate("--compare", *runs)
+    result = evaluate("--compare", *runs, *strays)
+    assert [line for line in result.stdout.splitlines() if line.startswith("evaluate: skipping ")] == [
+        f"evaluate: skipping {path}: not a finished run folder (no manifest.json)" for path in strays]
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert "mask_rate" in table[0] and "cloze@5" in table[0]
     assert table[2].startswith("| tiny |") and table[3].startswith("| masked30 |") and "| 0.3 |" in table[3] + " "

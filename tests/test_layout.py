@@ -69,3 +69,31 @@ def test_the_docs_study_tables_are_rendered_from_the_results_csvs():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "render.py"), "--check"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_error_message_names_only_flags_that_exist():
+    """A one-line error that tells the user to pass a flag names a flag some command has (each
+    command's --help lists them): "pass --run FOLDER" once stood in a message of evaluate.py, which has none."""
+    import re
+    import subprocess
+    import sys
+
+    flags = set()
+    for path in glob.glob(os.path.join(ROOT, "*.py")):
+        result = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, cwd=ROOT,
+                                env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+        assert result.returncode == 0, (path, result.stderr[-2000:])
+        flags |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", result.stdout))
+    assert {"--run", "--force", "--set", "--preset", "--compare", "--pays"} <= flags
+    named = {}
+    for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "imdb_bert", "*.py")):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", part.value):
+                        named.setdefault(flag, set()).add(os.path.relpath(path, ROOT))
+    assert named, "no error message names a flag: the search is broken"
+    unknown = {flag: sorted(where) for flag, where in named.items() if flag not in flags}
+    assert not unknown, unknown
