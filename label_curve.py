@@ -20,6 +20,13 @@ plot to the run's report.md.
 --dev-only is for choosing the classifier_* settings at few labels: the same points, scored on the
 other labelled dev reviews instead of the held-out ones (never read), one row each
 appended to <runs_dir>/label_curve_study.csv with the settings; no folder is written.
+
+--pays is the quick check of whether an encoder pays: 300 and 1,000 labels, 3 seeds, every model,
+and one verdict line (the lead over scratch at each count must be at least 0.05 and beyond the
+seeds' range), appended as one row to --rows (default results/pays_check.csv). The fits that do not
+read the pretrained encoder (scratch, bag of words) are kept in <runs_dir>/fit_cache/ under a hash
+of what they depend on (shape, fine-tuning settings, sample, data, vocabulary) and reused, so
+screening another encoder of the same shape costs only its own three fits per count.
 """
 
 import os
@@ -29,9 +36,12 @@ import config as config_module
 from imdb_bert import artifacts, label_efficiency, pipeline
 
 
+DEFAULT_LABELS = "100,300,1000,3000,all"
+
+
 def main():
     config, options = config_module.load_stage_config(__doc__, options={
-        "labels": ("label counts, separated by commas ('all': every labelled training review)", "100,300,1000,3000,all"),
+        "labels": ("label counts, separated by commas ('all': every labelled training review)", DEFAULT_LABELS),
         "seeds": ("seeds at label counts up to 1,000", "3"),
         "first-seed": ("the first sample and initialisation seed (default: the config's seed, so an encoder "
                        "pretrained with another seed can be fine-tuned on the same samples)", ""),
@@ -39,8 +49,13 @@ def main():
         "windows": ("windows of max_seq_len each review is read as (default: the config's classifier_max_windows, "
                     "as classifier_training.py reads it)", ""),
         "passes": ("reviews each model reads in all (an epoch is an eighth of them, at least the sample)",
-                   str(label_efficiency.CurvePlan.review_passes))},
-        flags={"dev-only": "score on dev reviews, append rows to <runs_dir>/label_curve_study.csv (for choosing settings)"})
+                   str(label_efficiency.CurvePlan.review_passes)),
+        "rows": ("with --pays: the CSV its summary row is appended to", os.path.join("results", "pays_check.csv"))},
+        flags={"dev-only": "score on dev reviews, append rows to <runs_dir>/label_curve_study.csv (for choosing settings)",
+               "pays": "the pays-check: 300 and 1,000 labels, 3 seeds, every model, cached scratch fits, one verdict line"})
+    if options.pays:   # its own label counts unless --labels names others (the tests' few reviews)
+        options.labels = "300,1000" if options.labels == DEFAULT_LABELS else options.labels
+        options.models = ",".join(label_efficiency.MODELS)
     try:
         counts = label_efficiency.parse_counts(options.labels)
         seeds, passes = int(options.seeds), int(options.passes)
@@ -79,12 +94,18 @@ def main():
     def progress(row):
         print(f"label_curve: {row['labels']} labels ({row['train_reviews']} reviews), seed {row['seed']}, "
               f"{row['model']}: {row['scored_on']} {row['accuracy']:.4f} (epoch picked on dev: {row['dev_accuracy']:.4f}, epoch "
-              f"{row['epoch_picked']}/{row['epochs']} of {row['passes_per_epoch']} pass(es)), {row['seconds']:.0f}s",
+              f"{row['epoch_picked']}/{row['epochs']} of {row['passes_per_epoch']} pass(es)), "
+              + ("reused from the fit cache" if row.get("cached") else f"{row['seconds']:.0f}s"),
               flush=True)
 
+    started = time.time()
     rows = label_efficiency.measure(plan, pipeline.settings(classifier.FineTuneConfig, config),
                                artifacts.prepared_dir(config.data_dir), os.path.join(config.run_dir, "model.keras"),
-                               tokens, pipeline.settings(ModelConfig, config, vocab_size=len(tokens)), progress)
+                               tokens, pipeline.settings(ModelConfig, config, vocab_size=len(tokens)), progress,
+                               fit_cache=os.path.join(config.runs_dir, "fit_cache") if options.pays else None,
+                               inputs=run_manifest.get("inputs", {}))
+    if options.pays:
+        record_pays(config, options, run_manifest, plan, rows, time.time() - started)
     if options.dev_only:
         study = os.path.join(config.runs_dir, "label_curve_study.csv")
         for row in rows:
@@ -101,6 +122,30 @@ def main():
     label_efficiency.refresh_report(config.run_dir)
     print(label_efficiency.markdown_table(rows))
     print(f"label_curve: -> {folder} (and its report.md)")
+
+
+def record_pays(config, options, run_manifest, plan, rows, seconds) -> None:
+    """Print the pays-check's verdict line and append its summary row to --rows."""
+    import json
+
+    from imdb_bert import distribute, label_efficiency
+
+    verdict = label_efficiency.pays_verdict(rows, [count for count in plan.counts if count != "all"])
+    print(f"label_curve: {label_efficiency.verdict_line(verdict)}")
+    with open(os.path.join(config.run_dir, "metrics.json"), encoding="utf-8") as handle:
+        metrics = json.load(handle)
+    row = {"run": os.path.basename(config.run_dir), "run_fingerprint": run_manifest["fingerprint"],
+           "optimizer_steps": metrics.get("optimizer_steps"), "train_minutes": config.train_minutes,
+           "held_out_masked_accuracy": round(metrics["validation_masked_accuracy"], 4),
+           "scored_on": label_efficiency.SCORED_ON[plan.dev_only].split(" ")[0]}
+    for count, point in verdict["leads"].items():
+        row.update({f"pretrained_{count}": round(point["pretrained"], 4), f"scratch_{count}": round(point["scratch"], 4),
+                    f"bag_of_words_{count}": round(point["bag_of_words"], 4), f"lead_{count}": round(point["lead"], 4),
+                    f"beyond_range_{count}": point["beyond_range"]})
+    row.update(pays=verdict["pays"], fits=len(rows), cached_fits=sum(bool(r.get("cached")) for r in rows),
+               seconds=round(seconds), cpu=distribute.cpu_description(), date=time.strftime("%Y-%m-%d"))
+    artifacts.append_row(options.rows, row)
+    print(f"label_curve: pays-check row -> {options.rows}")
 
 
 if __name__ == "__main__":

@@ -14,26 +14,17 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from imdb_bert import artifacts  # noqa: E402
+from imdb_bert import artifacts, distribute  # noqa: E402
 
 CURVE_KEYS = ["labels", "train_reviews", "seed", "model", "scored_on", "accuracy", "dev_accuracy", "epoch_picked",
               "epochs", "passes_per_epoch", "windows", "review_passes", "seconds"]
 COMPUTE_CURVE_LABELS = ("100", "300", "1000", "all")
-
-
-def cpu_description() -> str:
-    """"AMD EPYC family 26 AVX512_BF16 2 cores": the facts a figure's step rate depends on."""
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    facts = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
-    bf16 = "AVX512_BF16" if "avx512_bf16" in facts.get("Flags", "").split() else "AVX2 no bf16"
-    return f"{facts.get('Model name', '?')} family {facts.get('CPU family', '?')} {bf16} {os.cpu_count()} cores"
 
 
 def main() -> int:
@@ -52,7 +43,7 @@ def main() -> int:
         learning_rate = json.load(handle)["config"]["classifier_learning_rate"]
     with open(os.path.join(arguments.run_dir, "metrics.json"), encoding="utf-8") as handle:
         metrics = json.load(handle)
-    cpu, date = cpu_description(), time.strftime("%Y-%m-%d")
+    cpu, date = distribute.cpu_description(), time.strftime("%Y-%m-%d")
     for row in rows:
         artifacts.append_row(os.path.join(arguments.results, "label_curve.csv"),
                              {"run": arguments.name, **{key: row[key] for key in CURVE_KEYS}, "cpu": cpu, "date": date})

@@ -22,6 +22,19 @@ import os
 from imdb_bert.artifacts import StageError
 
 
+def cpu_description() -> str:
+    """"AMD EPYC family 26 AVX512_BF16 2 cores": the facts a CPU figure's step rate depends on (lscpu)."""
+    import subprocess
+
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+    except OSError:
+        lines = []
+    facts = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
+    bf16 = "AVX512_BF16" if "avx512_bf16" in facts.get("Flags", "").split() else "AVX2 no bf16"
+    return f"{facts.get('Model name', '?')} family {facts.get('CPU family', '?')} {bf16} {os.cpu_count()} cores"
+
+
 def cluster_task() -> tuple[int, bool]:
     """(this task's index, whether it is the chief) from TF_CONFIG; a StageError if it is unusable.
 

@@ -185,11 +185,36 @@ def balanced_part(reviews, count: int, seed: int = 0):
 PLAN_KEYS = ("batch_size", "max_seq_len", "classifier_windows", "classifier_epochs")
 
 
+def fit_key(plan: CurvePlan, model_name: str, count, seed: int, inputs: dict, fine_tuning=None,
+            model_config=None) -> str:
+    """What a fit that does not read the pretrained encoder (scratch, bag of words) depends on, as a
+    hash: its sample (count, seed), the plan's reading and schedule, the data and vocabulary (`inputs`,
+    their fingerprints) and, for scratch, the fine-tuning settings and the architecture. Any change refits."""
+    import dataclasses
+    import hashlib
+    import json
+
+    plan_values = {key: value for key, value in dataclasses.asdict(plan).items() if key not in ("counts", "seeds", "models")}
+    depends = {"model": model_name, "labels": count, "seed": seed, "plan": plan_values, "inputs": inputs}
+    if model_name == "scratch":
+        depends.update(fine_tuning=dataclasses.asdict(fine_tuning), shape=dataclasses.asdict(model_config))
+    else:
+        depends["bag_of_words"] = [BAG_OF_WORDS_EPOCHS, BAG_OF_WORDS_REVIEWS_PER_EPOCH, BAG_OF_WORDS_RATE]
+    return hashlib.sha256(json.dumps(depends, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens: list[str], model_config,
-            on_row=print) -> list[dict]:
+            on_row=print, fit_cache: str | None = None, inputs: dict | None = None) -> list[dict]:
     """Every point of the curve: one row per (label count, seed, model), passed to `on_row` as soon
-    as it is measured (a progress line), and returned."""
+    as it is measured (a progress line), and returned.
+
+    With `fit_cache` (a folder), the rows of the fits that do not read the pretrained encoder are kept
+    there under `fit_key` (which needs `inputs`, the data and vocabulary fingerprints) and reused, so a
+    second encoder of the same shape costs only its own fits; a reused row says `cached`."""
+    import json
     import warnings
+
+    from imdb_bert import artifacts
 
     import keras
 
@@ -225,6 +250,16 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
                                        shuffle_seed=seed)
             steps_per_epoch = sum(1 for _ in train)
             for model_name in plan.models:
+                cached_path = None
+                if fit_cache and model_name != "pretrained":
+                    key = fit_key(plan, model_name, count, seed, inputs or {}, fine_tuning, model_config)
+                    cached_path = os.path.join(fit_cache, f"{model_name}-{key}.json")
+                    if os.path.isfile(cached_path):
+                        with open(cached_path, encoding="utf-8") as handle:
+                            row = {**json.load(handle), "cached": True}
+                        on_row(row)
+                        rows.append(row)
+                        continue
                 started = time.time()
                 keras.backend.clear_session()
                 keras.utils.set_random_seed(seed)
@@ -249,9 +284,39 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
                        **how_trained,
                        "review_passes": plan.review_passes,   # the curve's rule (the bag of words has its own)
                        "seconds": round(time.time() - started, 1)}
+                if cached_path:
+                    os.makedirs(fit_cache, exist_ok=True)
+                    artifacts.write_json(cached_path, row)
+                row = {**row, "cached": False}
                 on_row(row)
                 rows.append(row)
     return rows
+
+
+def pays_verdict(rows: list[dict], counts=(300, 1000), lead: float = 0.05) -> dict:
+    """Does the pretrained encoder pay? At every count, its mean accuracy leads scratch's by at least
+    `lead` and its worst seed beats scratch's best (beyond the seeds' range)."""
+    points = {(point["model"], point["train_reviews"]): point for point in summary(rows)}
+    leads = {}
+    for count in counts:
+        pretrained, scratch = points[("pretrained", count)], points[("scratch", count)]
+        leads[count] = {"lead": pretrained["mean"] - scratch["mean"],
+                        "beyond_range": pretrained["min"] > scratch["max"],
+                        "pretrained": pretrained["mean"], "scratch": scratch["mean"],
+                        "bag_of_words": points.get(("bag_of_words", count), {}).get("mean")}
+    pays = all(point["lead"] >= lead and point["beyond_range"] for point in leads.values())
+    return {"pays": pays, "leads": leads}
+
+
+def verdict_line(verdict: dict, lead: float = 0.05) -> str:
+    """The pays-check in one line: the lead at each count, the bag of words beside it, the verdict."""
+    parts = []
+    for count, point in verdict["leads"].items():
+        words = f", bag of words {point['bag_of_words']:.3f}" if point["bag_of_words"] is not None else ""
+        parts.append(f"{count:,} labels {point['lead']:+.3f} (pretrained {point['pretrained']:.3f}, scratch "
+                     f"{point['scratch']:.3f}{words}; {'beyond' if point['beyond_range'] else 'within'} the seeds' range)")
+    outcome = "PAYS" if verdict["pays"] else "does not pay"
+    return f"pays-check: lead over scratch at {'; '.join(parts)} -> {outcome} (needs >= {lead:+.2f} at each, beyond the range)"
 
 
 CSV_NAME, PLOT_NAME = "label_curve.csv", "label_curve.png"

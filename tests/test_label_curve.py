@@ -191,3 +191,71 @@ def test_probe_first_starts_fine_tuning_from_a_fitted_head():
     before = classifier.evaluate(model, train)["accuracy"]
     classifier.fit_head_on_frozen_encoder(model, train)
     assert classifier.evaluate(model, train)["accuracy"] > max(0.9, before)
+
+
+# The pays-check at the tiny preset: few labels, 2 seeds, few reviews read; the rows and the fit cache
+# are under test, not the accuracy.
+PAYS_COMMAND = ["label_curve.py", "--pays", "--dev-only", "--labels", "20,40", "--seeds", "2", "--passes", "60",
+                "--set", "classifier_epochs=1"]
+
+
+def test_the_pays_check_writes_its_row_and_reuses_cached_scratch_fits(trained_run, tmp_path):
+    data_dir, _ = trained_run
+    rows_csv = str(tmp_path / "pays_check.csv")
+    first = run_stage(PAYS_COMMAND + ["--rows", rows_csv], data_dir)
+    again = run_stage(PAYS_COMMAND + ["--rows", rows_csv], data_dir)
+    # A fine-tuning setting is part of what a scratch fit depends on: changed, scratch refits.
+    other_rate = run_stage(PAYS_COMMAND + ["--rows", rows_csv, "--set", "classifier_learning_rate=7e-4"], data_dir)
+    with open(rows_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and all(row["fits"] == "12" and row["scored_on"] == "dev" for row in rows)
+    assert [row["cached_fits"] for row in rows] == ["0", "8", "4"]   # then scratch + bag of words; then the bag only
+    assert rows[0]["scratch_40"] == rows[1]["scratch_40"] and rows[0]["lead_20"] == rows[1]["lead_20"]
+    for result in (first, again, other_rate):
+        verdict = [line for line in result.stdout.splitlines() if line.startswith("label_curve: pays-check: ")]
+        assert len(verdict) == 1 and "20 labels" in verdict[0] and "40 labels" in verdict[0]
+        assert verdict[0].endswith("(needs >= +0.05 at each, beyond the range)")
+    assert "reused from the fit cache" not in first.stdout
+    assert again.stdout.count("reused from the fit cache") == 8
+    assert "family" in rows[0]["cpu"]
+
+
+def test_a_scratch_fit_is_keyed_by_the_shape_sample_and_data():
+    import dataclasses
+
+    from imdb_bert import classifier, label_efficiency
+    from imdb_bert.model import ModelConfig
+
+    plan = label_efficiency.CurvePlan(counts=(300,), seeds=(1,))
+    settings = classifier.FineTuneConfig(5e-4, 1.0, 0.1, "mean")
+    shape = ModelConfig(vocab_size=8000, max_seq_len=64, hidden_size=128, num_heads=4, ffn_size=512, num_layers=2,
+                        dropout=0.0, norm_position="pre", activation="gelu", tie_embeddings=True)
+    inputs = {"prepared": "a", "vocab": "b"}
+    key = label_efficiency.fit_key(plan, "scratch", 300, 1, inputs, settings, shape)
+    assert key == label_efficiency.fit_key(plan, "scratch", 300, 1, dict(inputs), settings, shape)
+    changed = [label_efficiency.fit_key(plan, "scratch", 300, 1, inputs, settings, dataclasses.replace(shape, num_layers=4)),
+               label_efficiency.fit_key(plan, "scratch", 300, 2, inputs, settings, shape),
+               label_efficiency.fit_key(plan, "scratch", 1000, 1, inputs, settings, shape),
+               label_efficiency.fit_key(plan, "scratch", 300, 1, {**inputs, "vocab": "c"}, settings, shape),
+               label_efficiency.fit_key(dataclasses.replace(plan, max_windows=8), "scratch", 300, 1, inputs, settings, shape)]
+    assert key not in changed and len(set(changed)) == len(changed)
+    # The bag of words reads no encoder: another shape reuses its fit.
+    assert (label_efficiency.fit_key(plan, "bag_of_words", 300, 1, inputs, settings, shape)
+            == label_efficiency.fit_key(plan, "bag_of_words", 300, 1, inputs, settings, dataclasses.replace(shape, num_layers=4)))
+
+
+def test_the_pays_verdict_needs_the_lead_at_every_count_beyond_the_range():
+    from imdb_bert import label_efficiency
+
+    def rows(pretrained_300, pretrained_1000):
+        made = []
+        for count, pretrained, scratch in ((300, pretrained_300, [0.70, 0.71, 0.72]), (1000, pretrained_1000, [0.78, 0.78, 0.79])):
+            for seed, (p, s) in enumerate(zip(pretrained, scratch)):
+                made += [{"model": "pretrained", "train_reviews": count, "accuracy": p, "seed": seed},
+                         {"model": "scratch", "train_reviews": count, "accuracy": s, "seed": seed}]
+        return made
+
+    assert label_efficiency.pays_verdict(rows([0.77, 0.78, 0.76], [0.84, 0.85, 0.83]))["pays"]
+    assert not label_efficiency.pays_verdict(rows([0.77, 0.78, 0.76], [0.82, 0.83, 0.81]))["pays"]   # +0.04 at 1,000
+    wide = label_efficiency.pays_verdict(rows([0.71, 0.80, 0.80], [0.84, 0.85, 0.83]))    # +0.06, worst seed within
+    assert not wide["pays"] and not wide["leads"][300]["beyond_range"]
