@@ -101,7 +101,10 @@ class Config:
     mixed_precision: str = "auto"     # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks
                                       # by the device (training.precision_for): bf16 on GPUs >= 8.0 and CPUs
                                       # with native bf16, float16 on GPUs 7.x, else float32
-    jit_compile: bool = False         # XLA
+    jit_compile: bool = False         # XLA (slower than oneDNN for this model on CPU: docs/throughput.md)
+    steps_per_execution: int = 1      # optimizer steps per call into the compiled train step (Keras); callbacks
+                                      # and the time budget's rate then act once per call; must divide
+                                      # steps_per_epoch
     strategy: str = "auto"            # auto | mirrored | multi_worker | tpu (imdb_bert/distribute.py);
                                       # batch_size is the global batch, split across the replicas
     seed: int = 42
@@ -173,6 +176,9 @@ class Config:
                                        and 0.0 < self.short_seq_share < 1.0):
             raise ConfigError(f"short_seq_len {self.short_seq_len} needs 8 <= short_seq_len < max_seq_len "
                               f"({self.max_seq_len}), train_minutes > 0 and 0 < short_seq_share < 1")
+        if self.steps_per_execution < 1 or (self.steps_per_epoch and self.steps_per_epoch % self.steps_per_execution):
+            raise ConfigError(f"steps_per_execution must be a positive divisor of steps_per_epoch "
+                              f"({self.steps_per_epoch}), got {self.steps_per_execution}")
         if self.vocab_min_word_count < 1:
             raise ConfigError(f"vocab_min_word_count must be >= 1, got {self.vocab_min_word_count}")
         choices = {"source": ("auto", "official", "package", "tfds"),

@@ -85,7 +85,7 @@ class TrainingRate(keras.callbacks.Callback):
         self.steps, self.started = 0, time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
+        self.steps = batch + 1   # the last step of the call (several with steps_per_execution)
         self.last_step_done = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -104,7 +104,9 @@ def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | No
         run.masker = inputs.with_masked_ids(run.masker)
     run.dev_data = inputs.validation_dataset(run.dev_windows, run.masker, config.batch_size, config.max_seq_len,
                                              config.seed)
-    run.steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size, 1)
+    # A full pass rounded down to whole calls of the train step (steps_per_execution steps each).
+    spe = config.steps_per_execution
+    run.steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size // spe * spe, spe)
     # A time-limited run stops on its clock; `epochs` only caps it.
     run.epochs = TIME_LIMITED_EPOCHS if config.train_minutes else config.epochs
     return run
@@ -117,7 +119,8 @@ def build(run: Run) -> None:
         run.model = build_pretrainer(pipeline.settings(ModelConfig, config, vocab_size=len(run.tokens)), config.objective,
                                      config.generator_size, config.discriminator_weight, config.seed)
         training.compile_masked_lm(run.model, pipeline.settings(training.ScheduleConfig, config),
-                                   config.weight_decay, run.steps_per_epoch * run.epochs, config.jit_compile)
+                                   config.weight_decay, run.steps_per_epoch * run.epochs, config.jit_compile,
+                                   config.steps_per_execution)
         if run.state:
             resume.restore(run.model, run.work, run.state)
         if config.strategy == "multi_worker":

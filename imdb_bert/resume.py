@@ -174,19 +174,20 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.folder, self.every_steps, self.extra_state = folder, every_steps, extra_state or dict
         self.every_seconds, self.saved_at = every_seconds, time.perf_counter()
-        self.epoch = self.step = 0
+        self.epoch = self.step = self.offset = 0
         self.nan_epoch = None
 
     def start_at(self, step: int) -> None:
         """The next `fit` call begins `step` steps into its first epoch (a resumed epoch)."""
-        self.step = step
+        self.step = self.offset = step
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        due = (self.every_steps and self.step % self.every_steps == 0) or (
+        # `batch` is the last step this call trained (several with steps_per_execution), counted from the fit call's start.
+        previous, self.step = self.step, self.offset + batch + 1
+        due = (self.every_steps and self.step // self.every_steps > previous // self.every_steps) or (
             self.every_seconds and time.perf_counter() - self.saved_at >= self.every_seconds)
         if due and _finite((logs or {}).get("loss")):
             self._save(self.epoch, self.step)
@@ -196,7 +197,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self._save(epoch + 1, 0)
         else:
             self.nan_epoch = epoch
-        self.step = 0
+        self.step = self.offset = 0
 
     def _save(self, epoch: int, step: int) -> None:
         # The checkpoint before the newest one is kept, and named in state.json, so a newest one cut

@@ -152,7 +152,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.spent = state.get("train_seconds", 0.0)
         # A state saved before the clock counted the whole stage has no first step: its clock began there.
         self.first_step = state.get("first_step_seconds", 0.0 if "train_seconds" in state else None)
-        self.step, self.step_seconds, self.eval_batch_seconds = 0, None, None
+        self.step, self.step_seconds, self.eval_batch_seconds, self.call_began = 0, None, None, 0
         self.first_step_times: list[float] = []
         self.last_batch_end = self.test_started = None
         self.test_batches = 0
@@ -201,18 +201,20 @@ class TimeBudget(keras.callbacks.Callback):
             self.test_started = None
 
     def on_train_batch_begin(self, batch, logs=None):
+        self.call_began = batch   # with steps_per_execution, a call trains steps `batch` to the end's `batch`
         if self.first_step is None:
             self.first_step = self.clock()
         warm = min((self.step + 1) / max(self.warmup_steps, 1), 1.0)
         self.model.optimizer.learning_rate = self.peak * warm * decay_at(self.kind, self.progress())
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        steps = batch - self.call_began + 1
+        self.step += steps
         now = time.perf_counter()
         if self.origin is None:
             self.origin = now
         if self.last_batch_end is not None:   # the first step of a fit call also builds the graph
-            took = now - self.last_batch_end
+            took = (now - self.last_batch_end) / steps
             if len(self.first_step_times) < MEASURED_STEPS:
                 # The first steps after the graph is built can be slow (the input pipeline filling its
                 # buffers): a median of several, not one, sets the step time the reserve is reckoned from.

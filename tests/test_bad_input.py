@@ -96,6 +96,7 @@ def test_probe_without_mask_is_refused_before_training(built_data, tmp_path):
     ("vocab_size=-5", "vocab_size must be positive"),
     ("mask_rate=1.2", "mask_rate must be between 0 and 1"),
     ("num_heads=3", "num_heads (3) must divide hidden_size (64)"),
+    ("steps_per_execution=7", "steps_per_execution must be a positive divisor of steps_per_epoch (30), got 7"),
 ])
 def test_bad_config_on_the_command_line_is_one_line(tmp_path, setting, message):
     one_line_error(run_stage(["tokeniser_build.py"], str(tmp_path), setting, check=False), message)

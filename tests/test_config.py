@@ -33,6 +33,8 @@ def test_overrides_are_typed():
     ({"tie_embeddings": "maybe"}, "tie_embeddings takes true or false"),
     ({"short_seq_len": "32"}, "short_seq_len 32 needs"),   # tiny trains by epochs, not train_minutes
     ({"short_seq_len": "64", "train_minutes": "1"}, "short_seq_len < max_seq_len (64)"),
+    ({"steps_per_execution": "0"}, "steps_per_execution must be a positive divisor of steps_per_epoch (30), got 0"),
+    ({"steps_per_execution": "4"}, "steps_per_execution must be a positive divisor of steps_per_epoch (30), got 4"),
 ])
 def test_bad_overrides_name_the_problem(overrides, message):
     with pytest.raises(config.ConfigError) as raised:

@@ -346,3 +346,27 @@ def test_a_time_budget_stops_training_and_decays_the_rate_to_zero_over_the_time(
     assert budget.clock() >= 3.0 and len(history.history["loss"]) < 10_000          # stopped on its clock
     assert max(rates) == pytest.approx(1e-3, rel=0.05) and rates[-1] < 0.05 * max(rates)   # peak, then ~0 at the end
     assert rates.index(max(rates)) < len(rates) // 4
+
+
+def test_several_steps_per_call_are_counted_as_steps_by_the_budget_checkpoints_and_rate(tmp_path):
+    """With steps_per_execution=5 Keras calls the batch callbacks once per 5 steps: the time budget,
+    the checkpoint's position and the tokens-per-second rate count the optimizer's steps, not the calls."""
+    from imdb_bert import monitoring, resume
+
+    masked_lm = masked_lm_for(config.make_config("tiny", {"steps_per_execution": "5", "train_minutes": "1"}), VOCAB,
+                              total_steps=100)
+    budget = training.TimeBudget(100.0, 1e-3, 2, "linear")
+    rate = monitoring.TrainingRate(tokens_per_step=1.0)
+
+    class Recorded(resume.TrainingCheckpoint):
+        def _save(self, epoch, step):
+            self.saved.append((epoch, step, int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))))
+
+    checkpoint = Recorded(str(tmp_path), every_steps=10)
+    checkpoint.saved = []
+    history = masked_lm.fit(random_batches(), steps_per_epoch=30, epochs=2, verbose=0, callbacks=[budget, rate, checkpoint])
+    assert int(keras.ops.convert_to_numpy(masked_lm.optimizer.iterations)) == 60 == budget.step
+    # Every 10 steps (the epoch's last step among them, as with one step per call), and at each epoch's end.
+    assert checkpoint.saved == [(0, 10, 10), (0, 20, 20), (0, 30, 30), (1, 0, 30), (1, 10, 40), (1, 20, 50), (1, 30, 60),
+                                (2, 0, 60)]
+    assert history.history["tokens_per_second"][-1] > 0 and rate.steps == 30
