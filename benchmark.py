@@ -17,6 +17,11 @@ Needs the prepared data (./download.sh && python data_prep.py). It measures, on 
      loss), with none, and with several steps per tf.function call (`steps_per_execution`);
 and prints one table. Steps are timed after warm-up on batches already in memory, so the model
 is measured alone; the pipeline is measured alone in (2).
+
+`--profile` instead traces `--fit-steps` steps of `fit` with TensorFlow's profiler and prints where a
+step's time goes (embedding, attention, FFN, layer norms, the masked-LM head, loss, optimizer, input,
+the rest), from each op's self time summed over both threads; it needs `pip install xprof` (the
+profiler's reader), which the pipeline does not.
 """
 
 from __future__ import annotations
@@ -125,6 +130,47 @@ def time_alternating(runs: dict, rounds: int) -> dict:
     return {name: sorted(values)[len(values) // 2] for name, values in passes.items()}
 
 
+# Which part of the step an op belongs to, by the first fragment of its name (lower case) that matches.
+PROFILE_PARTS = [("optimizer", ("adamw", "/update", "clip_by", "global_norm", "assignvariable", "assignadd",
+                                "assignsub")),
+                 ("masked-LM head", ("mlm_head", "gather_masked")),
+                 ("loss and accuracy", ("masked_token_cross_entropy", "softmax", "argmax", "scatter", "loss")),
+                 ("layer norms", ("norm",)), ("attention", ("attention",)), ("FFN", ("ffn_",)),
+                 ("embeddings", ("token_embedding", "position_embedding", "unsortedsegmentsum")),
+                 ("input", ("iterator", "dataset"))]
+
+
+def profile_fit(model, feed, steps: int) -> list[tuple[str, float]]:
+    """(part, ms per step) of `steps` traced fit steps, from the profiler's per-op self times."""
+    import glob
+    import json
+    import tempfile
+
+    import tensorflow as tf
+    try:
+        from xprof.convert import raw_to_tool_data
+    except ImportError:
+        raise artifacts.StageError("--profile needs the profiler's reader: pip install xprof") from None
+    model.fit(feed, steps_per_epoch=steps, epochs=1, verbose=0)   # traced and warm before the trace
+    folder = tempfile.mkdtemp(prefix="imdb-bert-profile-")
+    tf.profiler.experimental.start(folder)
+    model.fit(feed, steps_per_epoch=steps, epochs=1, verbose=0)
+    tf.profiler.experimental.stop()
+    data, _ = raw_to_tool_data.xspace_to_tool_data(glob.glob(f"{folder}/plugins/profile/*/*.xplane.pb"),
+                                                    "framework_op_stats", {})
+    table = json.loads(data)[0]
+    columns = [column["id"] for column in table["cols"]]
+    parts: dict[str, float] = {}
+    for row in table["rows"]:
+        op = dict(zip(columns, (cell.get("v") for cell in row["c"])))
+        if op["type"] == "IDLE":
+            continue
+        name = f"{op['operation']} {op['type']}".lower()
+        part = next((part for part, fragments in PROFILE_PARTS if any(f in name for f in fragments)), "the rest")
+        parts[part] = parts.get(part, 0.0) + op["total_self_time"] / 1000 / steps
+    return sorted(parts.items(), key=lambda item: -item[1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_module.add_config_arguments(parser)
@@ -137,6 +183,8 @@ def main():
                         help="steps per timed fit call in the fit-overhead timing (default 64; 0 skips it)")
     parser.add_argument("--steps-per-execution", type=int, default=8,
                         help="steps per tf.function call in the fit-overhead timing (default 8)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where a fit step's time goes instead (needs pip install xprof)")
     parser.add_argument("--pipeline-batches", type=int, default=300,
                         help="batches the input pipeline is timed over (default 300)")
     arguments = parser.parse_args()
@@ -175,6 +223,21 @@ def main():
     masker = inputs.make_masker(vocab_size, pipeline.settings(inputs.MaskingConfig, config))
     uncached = inputs.window_dataset(prepared, "train", tokenizer, config.max_seq_len)
     stream = inputs.training_dataset(uncached, masker, config.batch_size, config.max_seq_len, seed=config.seed)
+    if arguments.profile:
+        keras.utils.set_random_seed(config.seed)
+        profiled = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=vocab_size))
+        training.compile_masked_lm(profiled, pipeline.settings(training.ScheduleConfig, config, train_minutes=0.0),
+                                   config.weight_decay, 10_000, config.jit_compile, config.steps_per_execution)
+        steps = arguments.fit_steps or 64
+        feed = stream.take(steps).cache().repeat().prefetch(tf.data.AUTOTUNE)
+        parts = profile_fit(profiled, feed, steps)
+        total = sum(ms for _, ms in parts)
+        print(f"\nbenchmark --profile: preset {config.preset}, {precision}, {steps} fit steps traced; op self "
+              f"time per step, summed over the threads (the step's wall time is shorter where ops overlap)")
+        for part, ms in parts:
+            print(f"  {part:<20} {ms:7.1f} ms/step  {ms / total:6.1%}")
+        print(f"  {'all ops':<20} {total:7.1f} ms/step")
+        return
     started, sequences = time.perf_counter(), 0
     for features, _, _ in stream.take(arguments.pipeline_batches):
         sequences += int(features["input_ids"].shape[0])
