@@ -101,7 +101,7 @@ class Config:
     mixed_precision: str = "auto"     # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks
                                       # by the device (training.precision_for): bf16 on GPUs >= 8.0 and CPUs
                                       # with native bf16, float16 on GPUs 7.x, else float32
-    jit_compile: bool = False         # XLA (slower than oneDNN for this model on CPU: docs/throughput.md)
+    jit_compile: bool = False         # XLA
     steps_per_execution: int = 1      # optimizer steps per call into the compiled train step (Keras); callbacks
                                       # and the time budget's rate then act once per call; must divide
                                       # steps_per_epoch
