@@ -36,10 +36,10 @@ def main():
     compare = options.compare_scratch
     prepared_manifest = pipeline.current_prepared(config)
     run_manifest = pipeline.current_run(config)
-    identity = pipeline.stage_identity(config, pipeline.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
+    identity = pipeline.stage_identity(config, pipeline.stage_keys(config, "classifier"), {"run": run_manifest["fingerprint"]})
     identity["config"]["compare_scratch"] = compare   # a comparison run has more to show
     folder = artifacts.classifier_dir(config.run_dir)
-    if not options.dev_only and pipeline.skip_if_up_to_date("classifier_training", folder, identity, options.force):
+    if not options.dev_only and pipeline.skip_if_up_to_date("classifier_training", folder, identity, options.force, config):
         return
     train(config, identity, folder, compare, prepared_manifest["splits"], options.dev_only)
 
@@ -85,7 +85,7 @@ def train(config, identity, folder, compare, splits, dev_only=False):
         """The classifier on the encoder of `masked_lm`, trained with the epoch of the best dev accuracy kept."""
         print(f"classifier_training: {name}: {config.classifier_epochs} epochs x {steps_per_epoch} steps")
         logs = [keras.callbacks.CSVLogger(os.path.join(work, f"history_{name}.csv"))] if work else []
-        return classifier.fine_tune(masked_lm, fine_tuning, tokens, train_data, dev, config.classifier_epochs,
+        return classifier.fine_tune(masked_lm, fine_tuning, train_data, dev, config.classifier_epochs,
                                     steps_per_epoch, callbacks=logs)
 
     if dev_only:
@@ -95,7 +95,7 @@ def train(config, identity, folder, compare, splits, dev_only=False):
         classifier.record_study_row(
             os.path.join(config.runs_dir, "fine_tune_study.csv"),
             {"run": os.path.basename(config.run_dir), "run_fingerprint": identity["inputs"]["run"], "seed": config.seed},
-            {key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS}, best, dev_accuracies, time.time() - started)
+            {key: getattr(config, key) for key in pipeline.stage_keys(config, "classifier")}, best, dev_accuracies, time.time() - started)
         return
 
     def fine_tune(name, masked_lm, work):

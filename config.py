@@ -23,10 +23,19 @@ import dataclasses
 import os
 import shutil
 import sys
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from imdb_bert import pipeline
+
+
+def key(default, stage: str | None = "training", upgrade: Any = pipeline.NOT_ADDED):
+    """A config key, declared once: its default (the `cpu` preset's value), the first stage whose
+    output it changes (data_prep, vocab, training, classifier; None for where files go, how often to
+    checkpoint, what to print and which devices share the work, which change no output), and for a
+    key added after runs were made, `upgrade`: the value that reproduces what those runs did, so a
+    manifest without the key counts as built with it."""
+    return field(default=default, metadata={"stage": stage, "upgrade": upgrade})
 
 
 class ConfigError(ValueError):
@@ -37,101 +46,97 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    preset: str = "cpu"
+    # Keys that are gone, each with the value every output still current had: a run or classifier
+    # made with another one (ELECTRA pretraining, a [CLS]-pooled classifier) is stale.
+    RETIRED_KEYS: ClassVar[dict] = {"objective": "mlm", "classifier_pooling": "mean", "classifier_layer_decay": 1.0,
+                                    "classifier_encoder_rate": 1.0}
 
-    # Where stage outputs go. Relative paths are relative to the current directory.
-    data_dir: str = "data"            # raw/, prepared/, vocab/ live here
-    runs_dir: str = "runs"            # one folder per training run
-    run_name: str = ""                # empty: the preset's name
+    preset: str = key("cpu", None)
+
+    # Where stage outputs go (relative paths are relative to the current directory); none of these
+    # changes what a stage makes.
+    data_dir: str = key("data", None)         # raw/, prepared/, vocab/ live here
+    runs_dir: str = key("runs", None)         # one folder per training run
+    run_name: str = key("", None)             # empty: the preset's name
 
     # Stage 2: cleaning and splitting.
-    source: str = "auto"              # auto | official | package | tfds
-    validation_fraction: float = 0.1  # held-out reviews: scored for the final figures only
-    dev_fraction: float = 0.1         # reviews carved from the training side for choices (the epoch of
-                                      # fine-tuning, per-epoch validation, a recipe study), never trained on
-    split_seed: int = 1234
-    num_shards: int = 4
+    source: str = key("auto", "data_prep")    # auto | official | package | tfds
+    validation_fraction: float = key(0.1, "data_prep")   # held-out reviews: scored for the final figures only
+    dev_fraction: float = key(0.1, "data_prep")   # reviews carved from the training side for choices (the
+                                              # epoch of fine-tuning, per-epoch validation, a recipe
+                                              # study), never trained on
+    split_seed: int = key(1234, "data_prep")
+    num_shards: int = key(4, "data_prep")
 
     # Stage 3: WordPiece vocabulary.
-    vocab_size: int = 8000
-    vocab_min_word_count: int = 2     # words seen fewer times cannot earn a vocab entry
+    vocab_size: int = key(8000, "vocab")
+    vocab_min_word_count: int = key(2, "vocab")   # words seen fewer times cannot earn a vocab entry
 
     # Stage 4: model shape.
-    max_seq_len: int = 64             # tokens per window, [CLS] and [SEP] included
-    hidden_size: int = 128
-    num_heads: int = 4
-    ffn_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.0
-    norm_position: str = "pre"        # pre | post (layer norm before or after each sublayer)
-    activation: str = "gelu"          # gelu (tanh approximation, as BERT) | relu (as the original project)
-    tie_embeddings: bool = True
-    use_bias: bool = True             # biases in the encoder's dense layers and layer norms
-
-    # Stage 4: what pretraining learns.
-    objective: str = "mlm"            # mlm (masked LM) | electra (replaced-token detection: a small generator
-                                      # fills the masks, the encoder tells which tokens were replaced)
-    generator_size: float = 0.25      # electra: the generator's width as a share of the encoder's
-    discriminator_weight: float = 50.0   # electra: weight of the replaced-token loss beside the generator's
+    max_seq_len: int = key(64)                # tokens per window, [CLS] and [SEP] included
+    hidden_size: int = key(128)
+    num_heads: int = key(4)
+    ffn_size: int = key(512)
+    num_layers: int = key(2)
+    dropout: float = key(0.0)
+    norm_position: str = key("pre")           # pre | post (layer norm before or after each sublayer)
+    activation: str = key("gelu")             # gelu (tanh approximation, as BERT) | relu (as the original)
+    tie_embeddings: bool = key(True)
+    use_bias: bool = key(True)                # biases in the encoder's dense layers and layer norms
 
     # Stage 4: masking.
-    mask_rate: float = 0.3            # share of a window's word pieces the model must predict
-    mask_token_rate: float = 0.8      # of those: shown as [MASK]
-    random_token_rate: float = 0.1    # of those: shown as a random word piece (the rest are shown unchanged)
-    whole_word_masking: bool = False  # select whole words (all their word pieces) instead of single pieces
+    mask_rate: float = key(0.3)               # share of a window's word pieces the model must predict
+    mask_token_rate: float = key(0.8)         # of those: shown as [MASK]
+    random_token_rate: float = key(0.1)       # of those: a random word piece (the rest are shown unchanged)
+    whole_word_masking: bool = key(False)     # select whole words (all their word pieces), not single pieces
 
     # Stage 4: optimisation.
-    batch_size: int = 32              # windows per optimizer step (the global batch on several devices)
-    epochs: int = 6                   # with train_minutes=0: epochs x steps_per_epoch steps
-    train_minutes: float = 15.0       # > 0: the whole training stage (steps, validation, probes, checkpoints,
-                                      # final evaluation, exports) takes this many minutes of wall clock, and
-                                      # the learning rate decays over the time, so a faster machine makes more
-                                      # steps in it; epochs x steps_per_epoch only caps the steps
-    short_seq_len: int = 0            # > 0 (needs train_minutes): train on windows of this many tokens for the
-    short_seq_share: float = 0.9      # first short_seq_share of the time, then on max_seq_len windows (BERT
-                                      # pretrained 90% of its steps at 128 tokens, then 512)
-    steps_per_epoch: int = 500        # 0: one full pass over the training windows
-    dev_batches: int = 30             # per-epoch validation on this fixed subset of the dev split (0: all);
-                                      # the final metrics always use the whole held-out validation split
-    learning_rate: float = 1.41e-3    # the peak, reached after warm-up, in every schedule
-    lr_schedule: str = "linear"       # cosine (warm-up then cosine decay) | linear (warm-up then linear
-                                      # decay to zero) | transformer
-    warmup_steps: int = 300           # steps of linear warm-up to the peak
-    weight_decay: float = 0.01        # AdamW's decoupled weight decay (not on biases, norms, embedding tables)
-    mixed_precision: str = "auto"     # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks
-                                      # by the device (training.precision_for): bf16 on GPUs >= 8.0 and CPUs
-                                      # with native bf16, float16 on GPUs 7.x, else float32
-    jit_compile: bool = False         # XLA
-    steps_per_execution: int = 1      # optimizer steps per call into the compiled train step (Keras); callbacks
-                                      # and the time budget's rate then act once per call; must divide
-                                      # steps_per_epoch
-    strategy: str = "auto"            # auto | mirrored | multi_worker | tpu (imdb_bert/distribute.py);
-                                      # batch_size is the global batch, split across the replicas
-    seed: int = 42
-    checkpoint_every_steps: int = 200 # besides every epoch end; an interrupted run resumes from the last one
-    checkpoint_every_minutes: float = 2.0   # the same for a time-limited run (train_minutes > 0): by the clock
+    batch_size: int = key(32)                 # windows per optimizer step (the global batch on several devices)
+    epochs: int = key(6)                      # with train_minutes=0: epochs x steps_per_epoch steps
+    train_minutes: float = key(15.0)          # > 0: the whole training stage (steps, validation, probes,
+                                              # checkpoints, final evaluation, exports) takes this many
+                                              # minutes, and the learning rate decays over the time, so a
+                                              # faster machine makes more steps; epochs x steps_per_epoch
+                                              # only caps them
+    short_seq_len: int = key(0)               # > 0 (needs train_minutes): windows of this many tokens for the
+    short_seq_share: float = key(0.9)         # first short_seq_share of the time, then max_seq_len (BERT
+                                              # pretrained 90% of its steps at 128 tokens, then 512)
+    steps_per_epoch: int = key(500)           # 0: one full pass over the training windows
+    dev_batches: int = key(30)                # per-epoch validation on this fixed subset of the dev split
+                                              # (0: all); the final metrics use the whole held-out split
+    learning_rate: float = key(1.41e-3)       # the peak, reached after warm-up, in every schedule
+    lr_schedule: str = key("linear")          # cosine | linear (warm-up, then that decay to zero) | transformer
+    warmup_steps: int = key(300)              # steps of linear warm-up to the peak
+    weight_decay: float = key(0.01)           # AdamW's decoupled decay (not on biases, norms, embedding tables)
+    mixed_precision: str = key("auto")        # auto | float32 | mixed_bfloat16 | mixed_float16; auto picks by
+                                              # the device (training.precision_for): bf16 on GPUs >= 8.0 and
+                                              # CPUs with native bf16, float16 on GPUs 7.x, else float32
+    jit_compile: bool = key(False)            # XLA
+    steps_per_execution: int = key(1, upgrade=1)   # optimizer steps per call into the compiled train step
+                                              # (Keras); callbacks then act once per call; must divide
+                                              # steps_per_epoch
+    strategy: str = key("auto", None)         # auto | mirrored | multi_worker | tpu (imdb_bert/distribute.py);
+                                              # batch_size is the global batch, split across the replicas
+    seed: int = key(42)
+    checkpoint_every_steps: int = key(200, None)   # besides every epoch end; a killed run resumes from the last
+    checkpoint_every_minutes: float = key(2.0, None)   # the same by the clock, for a time-limited run
 
     # Stage 5 (optional): sentiment fine-tuning of the pretrained encoder (classifier_training.py).
-    classifier_epochs: int = 1        # passes over the labelled training reviews; the epoch kept is the best on dev
-    classifier_learning_rate: float = 5e-4   # peak, linear warm-up over 10% of the steps then cosine decay
-    classifier_max_windows: int = 8   # a review is read as up to this many max_seq_len windows
-    classifier_windows: str = "head"  # which of a longer review's windows: head (its first ones) | head_tail
-                                      # (half from its start, half from its end)
-    classifier_pooling: str = "mean"  # mean (every real token of the review) | cls (each window's [CLS] state)
-                                      # | layers (each layer's mean, side by side: embeddings and blocks)
-                                      # | cloze ("<window> it was [MASK] .", read by the masked-LM head)
-    classifier_layer_decay: float = 1.0   # below 1: each layer down the encoder trains at this times the rate above it
-    classifier_encoder_rate: float = 1.0  # the encoder's learning rate as a share of the head's (below 1: the
-                                          # pretrained weights move less than the new head)
-    classifier_probe_first: bool = False  # start fine-tuning from a head fitted as a logistic regression on the
-                                          # frozen encoder's pooled features (LP-FT), not from a random one
-    classifier_dropout: float = 0.1   # dropout on the pooled review vector before the sentiment logit
-    classifier_weight_decay: float = 0.01   # AdamW's decoupled weight decay while fine-tuning (not on biases, norms, tables)
-    bag_of_words_epochs: int = 4      # the --compare-scratch bag of words' passes (the epoch kept is picked on dev)
+    classifier_epochs: int = key(1, "classifier")   # passes over the labelled reviews; the best on dev is kept
+    classifier_learning_rate: float = key(5e-4, "classifier")   # peak; 10% linear warm-up, then cosine decay
+    classifier_max_windows: int = key(8, "classifier")   # a review is read as up to this many max_seq_len windows
+    classifier_windows: str = key("head", "classifier")   # which of a longer review's windows: head (its first
+                                              # ones) | head_tail (half from its start, half from its end)
+    classifier_probe_first: bool = key(False, "classifier", upgrade=False)   # start from a head fitted as a
+                                              # logistic regression on the frozen encoder's pooled features
+                                              # (LP-FT), not from a random one
+    classifier_dropout: float = key(0.1, "classifier")   # on the pooled review vector before the logit
+    classifier_weight_decay: float = key(0.01, "classifier", upgrade=0.01)   # AdamW's, while fine-tuning
+    bag_of_words_epochs: int = key(4, "classifier", upgrade=4)   # the --compare-scratch bag of words' passes
 
     # Probing after each epoch.
-    probe_phrases: tuple = ("i have watched this [MASK] and it was awesome",)
-    top_k: int = 5
+    probe_phrases: tuple = key(("i have watched this [MASK] and it was awesome",), None)
+    top_k: int = key(5, None)
 
     @property
     def run_dir(self) -> str:
@@ -149,13 +154,9 @@ class Config:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
         for name in ["dropout", "mask_token_rate", "random_token_rate", "weight_decay", "classifier_dropout",
-                     "classifier_layer_decay", "classifier_encoder_rate", "classifier_weight_decay"]:
+                     "classifier_weight_decay"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if not 0.0 < self.generator_size <= 1.0:
-            raise ConfigError(f"generator_size must be above 0 and at most 1, got {self.generator_size}")
-        if self.discriminator_weight < 0:
-            raise ConfigError(f"discriminator_weight must be >= 0, got {self.discriminator_weight}")
         if self.validation_fraction + self.dev_fraction >= 1.0:
             raise ConfigError("validation_fraction + dev_fraction must leave reviews to train on (sum below 1)")
         if self.mask_token_rate + self.random_token_rate > 1.0:
@@ -187,9 +188,7 @@ class Config:
                    "lr_schedule": ("cosine", "linear", "transformer"),
                    "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                    "strategy": ("auto", "mirrored", "multi_worker", "tpu"),
-                   "classifier_windows": ("head", "head_tail"),
-                   "objective": ("mlm", "electra"),
-                   "classifier_pooling": ("mean", "cls", "layers", "cloze")}
+                   "classifier_windows": ("head", "head_tail")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -225,6 +224,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The recorded runs a run's report.md is compared with, at its preset, shape and step count.
+REFERENCES_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "references.csv")
 # Every vocabulary size a preset uses: the word-level cloze asks only for words that are one whole
 # word piece in all of them (imdb_bert/evaluation.py), so runs of any preset answer the same questions.
 PRESET_VOCAB_SIZES = sorted({values.get("vocab_size", Config.vocab_size) for values in PRESETS.values()})

@@ -22,7 +22,7 @@ def main():
     identity = pipeline.stage_identity(config, pipeline.DATA_PREP_KEYS,
                                        pipeline.current_raw_inputs(source, config.data_dir))
     output = artifacts.prepared_dir(config.data_dir)
-    if pipeline.skip_if_up_to_date("data_prep", output, identity, options.force):
+    if pipeline.skip_if_up_to_date("data_prep", output, identity, options.force, config):
         return
     started = time.time()
 

@@ -38,16 +38,16 @@ def main():
     for run_dir in arguments.runs:
         pipeline.read_run(run_dir)   # every folder is refused in one line before any TensorFlow work
 
-    from imdb_bert import evaluation, label_efficiency, probe, report, resume
+    from imdb_bert import evaluation, probe, report, resume
 
+    references = report.read_references(config_module.REFERENCES_CSV)
     rows = []
     for run_dir in arguments.runs:
         started = time.time()
         row = evaluation.evaluate_run(run_dir, config_module.PRESET_VOCAB_SIZES)
         report.write(run_dir, report.render(row["name"], row["preset"], row, row["settings"],
                                             probe.read_probe_history(os.path.join(run_dir, resume.PROBE_HISTORY)),
-                                            os.path.isfile(os.path.join(run_dir, "curves.png"))))
-        label_efficiency.refresh_report(run_dir)
+                                            os.path.isfile(os.path.join(run_dir, "curves.png")), references))
         print(f"evaluate: {run_dir}: masked-token accuracy {row['masked_accuracy']:.4f}, perplexity "
               f"{row['perplexity']:.1f} (fixed protocol, {row['masked_tokens']} held-out masked tokens); cloze top-1 "
               f"{row['cloze_top1']:.4f}, top-5 {row['cloze_top5']:.4f} ({row['cloze_sentences']} sentences)"

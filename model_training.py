@@ -25,15 +25,15 @@ def main():
     config, options = config_module.load_stage_config(__doc__)
     config = distribute.worker_config(config)
     identity = pipeline.training_identity(config)
-    if pipeline.skip_if_up_to_date("model_training", config.run_dir, identity, options.force):
+    if pipeline.skip_if_up_to_date("model_training", config.run_dir, identity, options.force, config):
         return
-    from imdb_bert import pretraining  # TensorFlow only once there is training to do
+    from imdb_bert import pretraining, report  # TensorFlow only once there is training to do
 
     run = pretraining.start(config, identity, options.force, config_module.PRESET_VOCAB_SIZES)
     pretraining.build(run)
     pretraining.fit(run)
     metrics = pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES)
-    pretraining.publish(run, metrics)
+    pretraining.publish(run, metrics, report.read_references(config_module.REFERENCES_CSV))
 
     print(f"model_training: validation masked-token accuracy {metrics['validation_masked_accuracy']:.4f}, "
           f"perplexity {metrics['validation_perplexity']:.1f} (masked positions only, held-out reviews, fixed protocol); "

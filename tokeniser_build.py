@@ -20,7 +20,7 @@ def main():
     prepared_manifest = pipeline.current_prepared(config)
     identity = pipeline.stage_identity(config, pipeline.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
     output = artifacts.vocab_dir(config.data_dir)
-    if pipeline.skip_if_up_to_date("tokeniser_build", output, identity, options.force):
+    if pipeline.skip_if_up_to_date("tokeniser_build", output, identity, options.force, config):
         return
 
     train_texts = corpus.split_texts(prepared, "train")

@@ -51,10 +51,6 @@ def classifier_dir(run_dir: str) -> str:
     return os.path.join(run_dir, "classifier")
 
 
-def label_curve_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "label_curve")
-
-
 def vocab_path(data_dir: str) -> str:
     return os.path.join(vocab_dir(data_dir), "vocab.txt")
 

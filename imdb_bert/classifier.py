@@ -86,201 +86,41 @@ class MeanOverReview(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
-class MeanOfWindowStarts(layers.Layer):
-    """Mean of the `[CLS]` hidden state of each of a review's windows (padding windows left out) -> [reviews, hidden]."""
-
-    def call(self, hidden, windows):
-        real = ops.cast(ops.not_equal(windows[:, :, 0], inputs.PAD_ID), "float32")[..., None]   # [reviews, w, 1]
-        starts = ops.reshape(ops.cast(hidden[:, 0, :], "float32"), (ops.shape(windows)[0], -1, ops.shape(hidden)[-1]))
-        return ops.sum(starts * real, axis=1) / ops.maximum(ops.sum(real, axis=1), 1.0)
-
-    def compute_output_shape(self, hidden_shape, windows_shape):
-        return (windows_shape[0], hidden_shape[-1])
-
-
-# classifier_pooling -> the layer and its name (the mean's name is the one saved classifiers have);
-# "layers" is the mean of every representation layer's states (SentimentClassifier).
-POOLINGS = {"mean": (MeanOverReview, "mean_over_review"), "cls": (MeanOfWindowStarts, "mean_of_window_starts")}
-
-
-def representation_layers(encoder: keras.Model) -> list[str]:
-    """The encoder's representation after the embeddings, after each block and (pre-LN) after the final norm."""
-    names = [layer.name for layer in encoder.layers
-             if layer.name in ("position_embedding", "embedding_norm") or layer.name.startswith("block_")
-             or layer.name == "final_norm"]
-    if "embedding_norm" in names:
-        names.remove("position_embedding")
-    return names
-
-
-def representation_model(encoder: keras.Model) -> tuple[list[str], keras.Model]:
-    """(`representation_layers`, a model sharing the encoder's weights that returns each of their outputs)."""
-    names = representation_layers(encoder)
-    return names, keras.Model(encoder.input, [encoder.get_layer(name).output for name in names], name="encoder_layers")
-
-
-# Prompt-based fine-tuning (LM-BFF, Gao et al. 2021, after PET, Schick & Schuetze 2021): each window
-# is read as a cloze, "<window> it was [MASK] .", and the pretrained masked-LM head's scores of words
-# that say positive against words that say negative give the logit, so the classifier starts from what
-# pretraining learnt instead of from a random head. The template and words are LM-BFF's for SST-2,
-# widened to three words a side; fixed before any run was scored.
-CLOZE_PROMPT = ("it", "was", "[MASK]", ".")
-CLOZE_WORDS = {"positive": ("great", "good", "excellent"), "negative": ("bad", "terrible", "awful")}
-
-
-def cloze_ids(tokens: list[str]) -> dict:
-    """The prompt's ids and the positive and negative words' ids in the vocabulary `tokens`
-    (StageError if a word is not one whole word piece of it)."""
-    index = {token: position for position, token in enumerate(tokens)}
-    missing = [word for word in CLOZE_PROMPT + CLOZE_WORDS["positive"] + CLOZE_WORDS["negative"] if word not in index]
-    if missing:
-        raise artifacts.StageError("classifier_pooling=cloze needs these words as whole word pieces of the vocabulary: "
-                                   f"{', '.join(missing)}; choose another pooling or a larger vocab_size")
-    return {"prompt": [index[word] for word in CLOZE_PROMPT],
-            **{side: [index[word] for word in words] for side, words in CLOZE_WORDS.items()}}
-
-
-@keras.saving.register_keras_serializable(package="imdb_bert")
-class AppendPrompt(layers.Layer):
-    """Windows [n, s] -> the same windows with `prompt_ids` before their `[SEP]`, the content cut where
-    it must be for the window to stay within `max_seq_len`; padding windows stay padding."""
-
-    def __init__(self, prompt_ids: list[int], max_seq_len: int, **kwargs):
-        super().__init__(**kwargs)
-        self.prompt_ids, self.max_seq_len = list(prompt_ids), max_seq_len
-
-    def call(self, windows):
-        windows = tf.convert_to_tensor(windows)
-        lengths = tf.reduce_sum(tf.cast(tf.not_equal(windows, inputs.PAD_ID), tf.int32), axis=1)
-        without_sep = tf.RaggedTensor.from_tensor(windows, lengths=tf.maximum(lengths - 1, 0))
-        kept = without_sep[:, :self.max_seq_len - 1 - len(self.prompt_ids)]
-        ending = tf.constant(self.prompt_ids + [inputs.SEP_ID], tf.int32)
-        endings = tf.RaggedTensor.from_tensor(tf.tile(ending[None], [tf.shape(windows)[0], 1]))
-        prompted = tf.concat([kept, endings], axis=1).to_tensor(default_value=inputs.PAD_ID)
-        return tf.where(lengths[:, None] > 0, prompted, inputs.PAD_ID)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], None)
-
-    def get_config(self):
-        return {**super().get_config(), "prompt_ids": self.prompt_ids, "max_seq_len": self.max_seq_len}
-
-
-@keras.saving.register_keras_serializable(package="imdb_bert")
-class MaskPosition(layers.Layer):
-    """Windows [n, s] -> [n, 1], where each window's (first) `[MASK]` is."""
-
-    def call(self, windows):
-        return ops.expand_dims(ops.argmax(ops.cast(ops.equal(windows, inputs.MASK_ID), "int32"), axis=1), 1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], 1)
-
-
-@keras.saving.register_keras_serializable(package="imdb_bert")
-class ClozeVerdict(layers.Layer):
-    """Vocabulary logits at each window's `[MASK]` [reviews * windows, 1, vocab] -> [reviews, 1]: the
-    log-odds of the positive words against the negative words, averaged over the review's windows."""
-
-    def __init__(self, positive_ids: list[int], negative_ids: list[int], **kwargs):
-        super().__init__(**kwargs)
-        self.positive_ids, self.negative_ids = list(positive_ids), list(negative_ids)
-
-    def call(self, logits, windows):
-        logits = ops.cast(logits[:, 0, :], "float32")
-        score = (ops.logsumexp(ops.take(logits, self.positive_ids, axis=1), axis=1)
-                 - ops.logsumexp(ops.take(logits, self.negative_ids, axis=1), axis=1))
-        real = ops.cast(ops.not_equal(windows[:, :, 0], inputs.PAD_ID), "float32")                 # [reviews, w]
-        score = ops.reshape(score, ops.shape(real))
-        return ops.expand_dims(ops.sum(score * real, axis=1) / ops.maximum(ops.sum(real, axis=1), 1.0), 1)
-
-    def compute_output_shape(self, logits_shape, windows_shape):
-        return (windows_shape[0], 1)
-
-    def get_config(self):
-        return {**super().get_config(), "positive_ids": self.positive_ids, "negative_ids": self.negative_ids}
-
-
-@keras.saving.register_keras_serializable(package="imdb_bert")
 class SentimentClassifier(keras.Model):
     """Review windows [reviews, windows, ids] -> one sentiment logit per review (> 0: positive): the
-    encoder with a pooling (`POOLINGS`, "layers" or "cloze") and a one-logit head put on it.
+    encoder, the mean of its states over the review's real tokens, dropout and a one-logit head."""
 
-    "layers" reads every representation layer, not only the top: each layer's states are averaged over
-    the review and layer-normalised, and the head sees them side by side (the frozen probe found the
-    embeddings of a briefly pretrained encoder hold more sentiment than its blocks; docs/transfer.md).
-    "cloze" puts the masked-LM head `mlm_head` (a new one if none is given) on the encoder and reads
-    the prompt's `[MASK]` (`cloze_ids`); one scale and offset turn its log-odds into the logit.
-    """
-
-    def __init__(self, encoder: keras.Model, dropout: float = 0.1, pooling: str = "mean", cloze: dict | None = None,
-                 mlm_head: layers.Layer | None = None, **kwargs):
+    def __init__(self, encoder: keras.Model, dropout: float = 0.1, **kwargs):
         windows = keras.Input(shape=(None, None), dtype="int32", name="windows")
         policy = encoder.layer_policy
         flat = FlattenWindows(name="flatten_windows", dtype=policy)(windows)
-        if pooling == "cloze":
-            from imdb_bert.model import MaskedLMHead
-
-            mlm_head = mlm_head or MaskedLMHead(encoder.config, encoder.token_embedding, name="mlm_head", dtype=policy)
-            prompted = AppendPrompt(cloze["prompt"], encoder.config.max_seq_len, name="append_prompt")(flat)
-            vocabulary_logits = mlm_head(encoder(prompted), MaskPosition(name="mask_position")(prompted))
-            pooled = ClozeVerdict(cloze["positive"], cloze["negative"], name="cloze_verdict")(vocabulary_logits, windows)
-            logit = layers.Dense(1, name="sentiment", dtype="float32", kernel_initializer="ones")(pooled)
-        else:
-            if pooling == "layers":
-                names, layers_model = representation_model(encoder)
-                every_layer = layers_model(flat)
-                pooled = layers.Concatenate(name="layers_side_by_side", dtype=policy)(
-                    [layers.LayerNormalization(epsilon=1e-6, name=f"{name}_review_norm", dtype=policy)(
-                        MeanOverReview(name=f"{name}_review_mean", dtype=policy)(hidden, windows))
-                     for name, hidden in zip(names, every_layer)])
-            else:
-                pooling_layer, name = POOLINGS[pooling]
-                pooled = pooling_layer(name=name, dtype=policy)(encoder(flat), windows)
-            pooled = layers.Dropout(dropout, name="classifier_dropout", dtype=policy)(pooled)
-            logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
+        pooled = MeanOverReview(name="mean_over_review", dtype=policy)(encoder(flat), windows)
+        pooled = layers.Dropout(dropout, name="classifier_dropout", dtype=policy)(pooled)
+        logit = layers.Dense(1, name="sentiment", dtype="float32")(pooled)
         super().__init__(windows, ops.squeeze(logit, -1), **{"name": "sentiment_classifier", **kwargs})
-        self.encoder, self.dropout_rate, self.pooling, self.cloze = encoder, dropout, pooling, cloze
+        self.encoder, self.dropout_rate = encoder, dropout
 
     def get_config(self):
-        return {"name": self.name, "dropout": self.dropout_rate, "pooling": self.pooling, "cloze": self.cloze,
-                "encoder": keras.saving.serialize_keras_object(self.encoder)}
+        return {"name": self.name, "dropout": self.dropout_rate, "encoder": keras.saving.serialize_keras_object(self.encoder)}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        if config.pop("pooling", "mean") != "mean":   # saved before the other poolings were dropped
+            raise artifacts.StageError("this classifier pools other than by the mean, which this version no longer "
+                                       "builds: rerun python classifier_training.py --force")
+        config.pop("cloze", None)
         return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
 
 
-def layer_rate_factors(encoder: keras.Model, decay: float, encoder_rate: float = 1.0) -> dict[str, float]:
-    """The factor of each encoder variable's learning rate, by variable path: `encoder_rate` times the
-    layer-wise decay (ELECTRA, Clark et al. 2020) — 1 for the top block, `decay` for the one below, ...
-    and decay^(layers) for the embeddings; the final norm has no decay. The head keeps the full rate."""
-    blocks = [layer.name for layer in encoder.layers if layer.name.startswith("block_")]   # bottom to top
-    factors = {}
-    for layer in encoder.layers:
-        if layer.name.startswith("block_"):
-            below_top = len(blocks) - 1 - blocks.index(layer.name)
-        elif layer.name.startswith(("token_embedding", "position_embedding", "embedding_")):
-            below_top = len(blocks)
-        else:
-            below_top = 0
-        factors.update({variable.path: encoder_rate * decay ** below_top for variable in layer.trainable_variables})
-    return factors
-
-
 def compile_classifier(model: SentimentClassifier, learning_rate: float, total_steps: int,
-                       layer_decay: float = 1.0, encoder_rate: float = 1.0, weight_decay: float = 0.01) -> None:
-    """AdamW with a 10% linear warm-up and cosine decay (the encoder's rate scaled by `encoder_rate`
-    and decayed layer-wise below the top when `layer_decay` < 1); binary cross-entropy on the logit."""
+                       weight_decay: float = 0.01) -> None:
+    """AdamW with a 10% linear warm-up and cosine decay; binary cross-entropy on the logit."""
     warmup = max(total_steps // 10, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps - warmup, 1), alpha=0.0)
-    scaled = layer_decay < 1.0 or encoder_rate != 1.0
-    optimizer = training.adamw(schedule, weight_decay, model.encoder,
-                               rate_factors=layer_rate_factors(model.encoder, layer_decay, encoder_rate) if scaled else None)
-    model.compile(optimizer=optimizer,
+    model.compile(optimizer=training.adamw(schedule, weight_decay, model.encoder),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
 
@@ -334,31 +174,20 @@ def evaluate(model: keras.Model, data: tf.data.Dataset) -> dict:
 class FineTuneConfig:
     """How the classifier is trained; the pipeline's `classifier_*` values (config.py)."""
     classifier_learning_rate: float
-    classifier_layer_decay: float
     classifier_dropout: float
-    classifier_pooling: str
-    classifier_encoder_rate: float = 1.0
-    classifier_weight_decay: float = 0.01
-    classifier_probe_first: bool = False
+    classifier_weight_decay: float
+    classifier_probe_first: bool
 
 
-def fine_tune(masked_lm: keras.Model, settings: FineTuneConfig, tokens: list[str], train: tf.data.Dataset,
-              dev: tf.data.Dataset, epochs: int, steps_per_epoch: int, callbacks: list | None = None, verbose: int = 2):
-    """The classifier on the encoder of `masked_lm` (with its masked-LM head, for the cloze pooling)
-    trained on `train` for `epochs`, with the weights of the epoch of the best dev accuracy restored:
-    (model, the `best_epoch_on_dev` callback, dev accuracy per epoch)."""
-    from imdb_bert.model import BertMaskedLM
-
-    cloze = settings.classifier_pooling == "cloze"
-    if cloze and not isinstance(masked_lm, BertMaskedLM):
-        raise artifacts.StageError("classifier_pooling=cloze needs a masked-LM run (objective=mlm): this run's "
-                                   "masked-LM head belongs to its ELECTRA generator")
-    model = SentimentClassifier(masked_lm.encoder, settings.classifier_dropout, settings.classifier_pooling,
-                                cloze=cloze_ids(tokens) if cloze else None, mlm_head=masked_lm.head if cloze else None)
-    if settings.classifier_probe_first and not cloze:
+def fine_tune(masked_lm: keras.Model, settings: FineTuneConfig, train: tf.data.Dataset, dev: tf.data.Dataset,
+              epochs: int, steps_per_epoch: int, callbacks: list | None = None, verbose: int = 2):
+    """The classifier on the encoder of `masked_lm` trained on `train` for `epochs`, with the weights
+    of the epoch of the best dev accuracy restored: (model, the `best_epoch_on_dev` callback, dev
+    accuracy per epoch)."""
+    model = SentimentClassifier(masked_lm.encoder, settings.classifier_dropout)
+    if settings.classifier_probe_first:
         fit_head_on_frozen_encoder(model, train)
-    compile_classifier(model, settings.classifier_learning_rate, steps_per_epoch * epochs, settings.classifier_layer_decay,
-                       settings.classifier_encoder_rate, settings.classifier_weight_decay)
+    compile_classifier(model, settings.classifier_learning_rate, steps_per_epoch * epochs, settings.classifier_weight_decay)
     best = best_epoch_on_dev(epochs)
     history = model.fit(train, validation_data=dev, epochs=epochs, verbose=verbose, shuffle=False,
                         callbacks=[*(callbacks or []), best])

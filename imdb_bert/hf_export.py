@@ -29,9 +29,6 @@ LAYER_NORM_EPS = 1e-6   # every LayerNormalization in imdb_bert/model.py
 
 def unsupported(run_config: dict) -> str | None:
     """Why a run with `run_config` cannot be written as a transformers model, or None if it can."""
-    if run_config.get("objective", "mlm") != "mlm":
-        return (f"objective={run_config['objective']} runs keep the generator as their masked LM; only "
-                "objective=mlm runs export to transformers")
     if not run_config.get("tie_embeddings", True):
         return "tie_embeddings=false: the export writes BERT's head, which scores against the token table"
     if run_config.get("activation", "gelu") not in HIDDEN_ACT:

@@ -157,16 +157,6 @@ def make_masker(vocab_size: int, masking: MaskingConfig, with_original_ids: bool
     return mask
 
 
-def with_masked_ids(masker):
-    """`masker` with the original ids of the masked positions also among the model inputs, as
-    "masked_ids": replaced-token detection needs them to tell which tokens its generator changed."""
-    def mask(windows, seed):
-        features, labels, weights = masker(windows, seed)
-        return {**features, "masked_ids": labels}, labels, weights
-
-    return mask
-
-
 def batch_by_length(items: tf.data.Dataset, length_of, batch_size: int, longest: int,
                     drop_remainder: bool = False) -> tf.data.Dataset:
     """Batches of `batch_size` items of similar `length_of(item)` (buckets 8 apart up to `longest`),

@@ -4,8 +4,7 @@
 takes `input_ids` and `masked_positions` [batch, predictions] and returns vocabulary logits only
 at the masked positions [batch, predictions, vocab]: the output projection, by far the largest
 matmul at vocab 30k, runs on ~15% of the positions. The classifier head is put on the same
-encoder object (imdb_bert/classifier.py). `ElectraPretrainer(encoder)` trains the encoder by
-replaced-token detection instead (ELECTRA), with a small masked-LM generator sharing its embeddings.
+encoder object (imdb_bert/classifier.py).
 
 Choices:
 - Learned position embeddings (as BERT); attention head size is hidden_size / num_heads.
@@ -24,7 +23,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
 
@@ -193,22 +191,16 @@ class BertEncoder(keras.Model):
     (`BertMaskedLM`, `classifier.SentimentClassifier`), so fine-tuning takes the encoder object.
     """
 
-    def __init__(self, config: ModelConfig | dict, dtype=None, embeddings_from: BertEncoder | None = None, **kwargs):
+    def __init__(self, config: ModelConfig | dict, dtype=None, **kwargs):
         config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
         # Every layer takes the policy the encoder was built under (or is given when it is reloaded),
         # so a model trained in mixed precision reloads as it was in a process that set no policy.
         policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
         input_ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
         padding_mask = PaddingMask(name="padding_mask", dtype=policy)(input_ids)
-        if embeddings_from is None:
-            token_embedding = TiedTokenEmbedding(config.vocab_size, config.hidden_size, name="token_embedding",
-                                                 dtype=policy)
-            position_embedding = PositionEmbedding(config.max_seq_len, name="position_embedding", dtype=policy)
-        else:   # an ELECTRA generator: the discriminator's tables, projected to this encoder's width
-            token_embedding, position_embedding = embeddings_from.token_embedding, embeddings_from.position_embedding
+        token_embedding = TiedTokenEmbedding(config.vocab_size, config.hidden_size, name="token_embedding", dtype=policy)
+        position_embedding = PositionEmbedding(config.max_seq_len, name="position_embedding", dtype=policy)
         x = position_embedding(token_embedding(input_ids))
-        if token_embedding.hidden_size != config.hidden_size:
-            x = layers.Dense(config.hidden_size, name="embedding_projection", dtype=policy)(x)
         if config.norm_position == "post":
             x = layers.LayerNormalization(epsilon=1e-6, center=config.use_bias, name="embedding_norm", dtype=policy)(x)
         x = layers.Dropout(config.dropout, name="embedding_dropout", dtype=policy)(x)
@@ -302,92 +294,3 @@ class BertMaskedLM(keras.Model):
 def build_masked_lm(config: ModelConfig) -> BertMaskedLM:
     """A new encoder of shape `config` with the masked-LM head on it."""
     return BertMaskedLM(BertEncoder(config))
-
-
-def generator_config(config: ModelConfig, size: float) -> ModelConfig:
-    """The ELECTRA generator's shape: `size` times the discriminator's width, an FFN 4x that, a head
-    per 64 dimensions (at least one), as many layers (google-research/electra, get_generator_config)."""
-    hidden = max(int(round(config.hidden_size * size)), 8)
-    return dataclasses.replace(config, hidden_size=hidden, ffn_size=4 * hidden, num_heads=max(1, hidden // 64))
-
-
-@keras.saving.register_keras_serializable(package="imdb_bert")
-class ElectraPretrainer(keras.Model):
-    """Replaced-token detection (ELECTRA, Clark et al. 2020): a small generator, a masked LM sharing the
-    encoder's token and position tables, fills the masked positions by sampling from its softmax; the
-    encoder (the discriminator) learns, at every real token, whether it was replaced.
-
-    Called like `BertMaskedLM` ({"input_ids", "masked_positions"}), it returns the *generator's*
-    logits at the masked positions, so fill-mask, the probe and the masked-token figures use the
-    generator. Given also "masked_ids" (the original ids there, as the training data provides), it
-    adds `discriminator_weight` x the discriminator's loss to the model's losses (the paper's 50).
-    `encoder` is the discriminator, the encoder fine-tuning takes.
-    """
-
-    def __init__(self, encoder: BertEncoder, generator_size: float = 0.25, discriminator_weight: float = 50.0,
-                 seed: int = 0, **kwargs):
-        super().__init__(**{"name": "electra_pretrainer", **kwargs})
-        policy = encoder.layer_policy
-        self.encoder, self.generator_size, self.discriminator_weight, self.seed = (
-            encoder, generator_size, discriminator_weight, seed)
-        self.generator = BertEncoder(generator_config(encoder.config, generator_size), dtype=policy.name,
-                                     embeddings_from=encoder, name="generator")
-        # The head maps back to the embedding width and scores against the shared table.
-        self.head = MaskedLMHead(encoder.config, encoder.token_embedding, name="generator_head", dtype=policy)
-        self.head.build((None, None, self.generator.config.hidden_size), (None, None))
-        self.discriminator_dense = layers.Dense(encoder.config.hidden_size,
-                                                activation=ACTIVATIONS[encoder.config.activation],
-                                                name="discriminator_dense", dtype=policy)
-        self.discriminator_logit = layers.Dense(1, name="discriminator_logit", dtype="float32")
-        self.discriminator_dense.build((None, None, encoder.config.hidden_size))
-        self.discriminator_logit.build((None, None, encoder.config.hidden_size))
-
-    def call(self, inputs, training=False):
-        input_ids, positions = inputs["input_ids"], inputs["masked_positions"]
-        logits = self.head(self.generator(input_ids, training=training), positions)
-        if "masked_ids" in inputs:
-            self.add_loss(self.discriminator_weight * self.discriminator_loss(
-                input_ids, positions, inputs["masked_ids"], ops.stop_gradient(logits), training))
-        return logits
-
-    def discriminator_loss(self, input_ids, positions, masked_ids, logits, training):
-        """Mean binary cross-entropy, over real tokens, of "was this token replaced?" on the input with
-        the generator's samples at the masked positions (a sample equal to the original counts as kept)."""
-        slots = ops.cast(ops.not_equal(masked_ids, 0), "int32")                      # [batch, k]: real slots
-        flat = ops.reshape(logits, (-1, ops.shape(logits)[-1]))
-        # A stateless draw seeded by the batch itself: no random state to save or to export, and a
-        # resumed run samples exactly what an uninterrupted one would have.
-        ids = tf.cast(input_ids, tf.int64)
-        shape = tf.shape(ids, out_type=tf.int64)
-        rows, columns = tf.range(1, shape[0] + 1), tf.range(1, shape[1] + 1)
-        batch_seed = tf.math.floormod(tf.reduce_sum(ids * columns[None, :] * (2 * rows[:, None] + 1)), 2 ** 31 - 1)
-        seed = tf.stack([batch_seed, tf.constant(self.seed, tf.int64)])
-        sampled = tf.reshape(tf.random.stateless_categorical(flat, 1, seed=seed, dtype=tf.int32), tf.shape(masked_ids))
-        at = ops.one_hot(positions, ops.shape(input_ids)[1], dtype="int32") * slots[..., None]   # [batch, k, seq]
-        masked_here = ops.max(at, axis=1)
-        original = ops.where(masked_here > 0, ops.sum(at * ops.cast(masked_ids, "int32")[..., None], axis=1), input_ids)
-        corrupted = ops.where(masked_here > 0, ops.sum(at * sampled[..., None], axis=1), input_ids)
-        hidden = self.discriminator_dense(self.encoder(corrupted, training=training))
-        replaced_logits = ops.squeeze(self.discriminator_logit(hidden), -1)
-        replaced = ops.cast(ops.not_equal(corrupted, original), "float32")
-        real = ops.cast(ops.not_equal(input_ids, 0), "float32")
-        losses = keras.losses.binary_crossentropy(replaced[..., None], replaced_logits[..., None], from_logits=True)
-        return ops.sum(losses * real) / ops.maximum(ops.sum(real), 1.0)
-
-    def get_config(self):
-        return {"name": self.name, "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "generator_size": self.generator_size, "discriminator_weight": self.discriminator_weight,
-                "seed": self.seed}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
-
-
-def build_pretrainer(config: ModelConfig, objective: str = "mlm", generator_size: float = 0.25,
-                     discriminator_weight: float = 50.0, seed: int = 0) -> keras.Model:
-    """The model pretraining trains: the masked LM (`mlm`) or replaced-token detection (`electra`)."""
-    if objective == "electra":
-        return ElectraPretrainer(BertEncoder(config), generator_size, discriminator_weight, seed)
-    return build_masked_lm(config)

@@ -24,21 +24,9 @@ from imdb_bert.artifacts import StageError
 COMMANDS = {"download": "./download.sh", "data_prep": "python data_prep.py",
             "tokeniser_build": "python tokeniser_build.py", "model_training": "python model_training.py",
             "classifier_training": "python classifier_training.py"}
-# Config values each stage's output depends on. Training depends on every key except
-# NOT_TRAINING_KEYS (where files go, how often to checkpoint, what to print, which devices share
-# the work): changing those must not retrain hours of work.
-DATA_PREP_KEYS = ("source", "validation_fraction", "dev_fraction", "split_seed", "num_shards")
-VOCAB_KEYS = ("vocab_size", "vocab_min_word_count")
-CLASSIFIER_KEYS = ("classifier_epochs", "classifier_learning_rate", "classifier_max_windows", "classifier_windows",
-                   "classifier_pooling", "classifier_layer_decay", "classifier_dropout", "classifier_encoder_rate",
-                   "classifier_weight_decay", "bag_of_words_epochs", "classifier_probe_first")
-NOT_TRAINING_KEYS = ("preset", "data_dir", "runs_dir", "run_name", "checkpoint_every_steps", "checkpoint_every_minutes",
-                     "probe_phrases", "top_k", "strategy") + CLASSIFIER_KEYS
-# Config keys added after runs were already made, each with the value that reproduces what runs made
-# before it did: a manifest without the key was built with that value, so it stays current.
-ADDED_KEYS = {"objective": "mlm", "generator_size": 0.25, "discriminator_weight": 50.0,
-              "classifier_encoder_rate": 1.0, "classifier_weight_decay": 0.01, "bag_of_words_epochs": 4,
-              "classifier_probe_first": False, "steps_per_execution": 1}
+# A config key added after runs were made declares (config.key's `upgrade`) the value that
+# reproduces those runs; a key without one has this marker.
+NOT_ADDED = "(not added since runs were made)"
 # The layout of a saved model. Runs saved in an older layout are refused with one line, and count
 # as out of date, so model_training.py retrains them.
 MODEL_FORMAT = 2
@@ -66,8 +54,22 @@ def stage_identity(config, keys, inputs: dict[str, str]) -> dict:
     return {"config": {key: values[key] for key in keys}, "inputs": dict(inputs)}
 
 
+def stage_keys(config, *stages: str) -> tuple[str, ...]:
+    """The keys of `config` declared (config.py) as first changing the output of one of `stages`
+    (data_prep, vocab, training, classifier), in declaration order."""
+    return tuple(field.name for field in dataclasses.fields(config) if field.metadata.get("stage") in stages)
+
+
 def training_keys(config) -> tuple[str, ...]:
-    return tuple(key for key in config.as_dict() if key not in NOT_TRAINING_KEYS)
+    """What a trained run depends on: its own keys and its upstream stages'. Where files go, how often
+    to checkpoint, what to print, which devices share the work and fine-tuning do not retrain it."""
+    return stage_keys(config, "data_prep", "vocab", "training")
+
+
+def upgrade_values(config) -> dict:
+    """Each key added since runs were made, with the value that reproduces what they did."""
+    return {field.name: field.metadata["upgrade"] for field in dataclasses.fields(config)
+            if field.metadata.get("upgrade", NOT_ADDED) != NOT_ADDED}
 
 
 def changed_values(old: dict, new: dict) -> str:
@@ -82,22 +84,30 @@ def changed_values(old: dict, new: dict) -> str:
 RENAMED_KEYS = {"validation_batches": "dev_batches"}
 
 
-def built_config(manifest: dict) -> dict:
+def built_config(manifest: dict, config) -> dict:
     """The config values a manifest was built with, a key added since counting as its old behaviour
-    and a renamed key under its new name."""
+    (`upgrade_values` of `config`) and a renamed key under its new name."""
     built = {RENAMED_KEYS.get(key, key): value for key, value in manifest.get("config", {}).items()}
-    return {**ADDED_KEYS, **built}
+    return {**upgrade_values(config), **built}
 
 
-def built_with(manifest: dict, identity: dict) -> bool:
+def built_with(manifest: dict, identity: dict, config) -> bool:
     """True when the output of `manifest` (or an unfinished run's saved identity) was built with exactly
     `identity`: the same inputs and config values, a key added since counting as its old behaviour."""
-    built = built_config(manifest)
+    built = built_config(manifest, config)
     return ({key: built.get(key) for key in identity["config"]} == identity["config"]
-            and manifest.get("inputs") == identity["inputs"])
+            and manifest.get("inputs") == identity["inputs"] and not retired_values(manifest, config))
 
 
-def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> bool:
+def retired_values(manifest: dict, config) -> str:
+    """`key=value` of each key this version no longer has (`config.RETIRED_KEYS`) that `manifest` was
+    built with another value of than the one every current output has; empty if none."""
+    built = manifest.get("config", {})
+    return ", ".join(f"{key}={built[key]!r}" for key, value in getattr(config, "RETIRED_KEYS", {}).items()
+                     if key in built and built[key] != value)
+
+
+def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool, config) -> bool:
     """True (after saying so) when `force` is off and `folder` was built with exactly `identity`
     and all its files are as written; else False (the stage must run, and rebuilds a damaged folder)."""
     if force:
@@ -107,7 +117,7 @@ def skip_if_up_to_date(stage: str, folder: str, identity: dict, force: bool) -> 
             manifest = json.load(handle)
     except (OSError, json.JSONDecodeError):
         return False
-    if not built_with(manifest, identity) or artifacts.damage(folder, manifest):
+    if not built_with(manifest, identity, config) or artifacts.damage(folder, manifest):
         return False
     print(f"{stage}: up to date — {folder} was built from the same inputs and config (--force redoes it)")
     return True
@@ -118,12 +128,17 @@ def read_current(folder: str, stage: str, config, keys, input_fingerprints: dict
     values of `keys` than `config` has, or from other inputs than `input_fingerprints`."""
     manifest = artifacts.read_manifest(folder, f"run: {COMMANDS[stage]}", rerun(stage))
     wanted = stage_identity(config, keys, {})["config"]
-    newer = {key: wanted[key] for key in keys if key not in built_config(manifest)}
+    gone = retired_values(manifest, config)
+    if gone:
+        raise StageError(f"{folder} is stale: it was made with {gone}, which this version no longer builds: "
+                         f"{rerun(stage, '--force')}")
+    built = built_config(manifest, config)
+    newer = {key: wanted[key] for key in keys if key not in built}
     if newer:
         raise StageError(f"{folder} is stale: it was made before the config key(s) {', '.join(newer)} existed, whose "
                          f"value(s) here ({', '.join(f'{key}={value!r}' for key, value in newer.items())}) change what "
                          f"it builds: {rerun(stage)}")
-    built = {key: built_config(manifest).get(key) for key in keys}
+    built = {key: built.get(key) for key in keys}
     if built != wanted:
         raise StageError(f"{folder} is stale: it was built for {changed_values(built, wanted).replace('->', 'but config says')}"
                          f": {rerun(stage)}")
@@ -169,7 +184,7 @@ def current_raw_inputs(source: str, data_dir: str) -> dict[str, str]:
 
 def current_prepared(config) -> dict:
     """The prepared data's manifest, refused in one line if missing or stale for `config`."""
-    return read_current(artifacts.prepared_dir(config.data_dir), "data_prep", config, DATA_PREP_KEYS,
+    return read_current(artifacts.prepared_dir(config.data_dir), "data_prep", config, stage_keys(config, "data_prep"),
                         current_raw_inputs(config.source, config.data_dir))
 
 
@@ -178,7 +193,7 @@ def current_training_inputs(config) -> tuple[dict, dict]:
     on, each refused in one line (StageError) if missing or stale for `config`."""
     prepared = current_prepared(config)
     vocabulary = read_current(artifacts.vocab_dir(config.data_dir), "tokeniser_build", config,
-                              VOCAB_KEYS, {"prepared": prepared["fingerprint"]})
+                              stage_keys(config, "vocab"), {"prepared": prepared["fingerprint"]})
     return prepared, {"prepared": prepared["fingerprint"], "vocab": vocabulary["fingerprint"]}
 
 

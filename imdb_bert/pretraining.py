@@ -18,7 +18,7 @@ import keras
 
 from imdb_bert import (artifacts, distribute, evaluation, export, inputs, monitoring, pipeline, private_apis, probe,
                        report, resume, training, vocab)
-from imdb_bert.model import ModelConfig, build_pretrainer
+from imdb_bert.model import ModelConfig, build_masked_lm
 
 TIME_LIMITED_EPOCHS = 100_000
 # What a time-limited run keeps back, besides the evaluation, for publishing the run folder (saving the
@@ -70,7 +70,7 @@ def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | No
         if inputs.MASK_ID not in inputs.encode_with_masks(run.tokenizer, phrase):
             raise artifacts.StageError(f"probe phrase {phrase!r} has no [MASK]")
     run.work = resume.work_dir(config.run_dir)
-    run.state = resume.open_work_dir(run.work, identity, force)
+    run.state = resume.open_work_dir(run.work, identity, force, config)
     if cloze_vocab_sizes:
         run.cloze = evaluation.ensure_cloze_set(config.data_dir, identity["inputs"]["prepared"], cloze_vocab_sizes,
                                     config.vocab_min_word_count, evaluation.PROTOCOL_SEED)
@@ -100,10 +100,12 @@ def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | No
     run.masking = pipeline.settings(inputs.MaskingConfig, config)
     run.continuation = [token.startswith("##") for token in run.tokens]
     run.masker = inputs.make_masker(len(run.tokens), run.masking, continuation=run.continuation)
-    if config.objective == "electra":
-        run.masker = inputs.with_masked_ids(run.masker)
-    run.dev_data = inputs.validation_dataset(run.dev_windows, run.masker, config.batch_size, config.max_seq_len,
-                                             config.seed)
+    # The per-epoch check reads a fixed subset of the dev windows to its end: reading only the first
+    # batches of the whole split (`validation_steps`) left its pipeline in flight, and its teardown,
+    # when Keras dropped the iterator before the next validation, stalled the run every few epochs
+    # for as long as the epoch's steps took.
+    checked = run.dev_windows.take(config.dev_batches * config.batch_size) if config.dev_batches else run.dev_windows
+    run.dev_data = inputs.validation_dataset(checked, run.masker, config.batch_size, config.max_seq_len, config.seed)
     # A full pass rounded down to whole calls of the train step (steps_per_execution steps each).
     spe = config.steps_per_execution
     run.steps_per_epoch = config.steps_per_epoch or max(train_count // config.batch_size // spe * spe, spe)
@@ -116,8 +118,7 @@ def build(run: Run) -> None:
     """The masked LM, its optimizer and metrics in the strategy's scope; restored when resuming."""
     config = run.config
     with run.strategy.scope():  # variables, optimizer slots and metrics live on every replica
-        run.model = build_pretrainer(pipeline.settings(ModelConfig, config, vocab_size=len(run.tokens)), config.objective,
-                                     config.generator_size, config.discriminator_weight, config.seed)
+        run.model = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=len(run.tokens)))
         training.compile_masked_lm(run.model, pipeline.settings(training.ScheduleConfig, config),
                                    config.weight_decay, run.steps_per_epoch * run.epochs, config.jit_compile,
                                    config.steps_per_execution)
@@ -180,7 +181,7 @@ def fit(run: Run, whole_stage: bool = True) -> None:
         train_data = inputs.training_dataset(windows, run.masker, config.batch_size, length,
                                              seed=config.seed, start_batch=global_step)
         trained = model.fit(train_data, validation_data=run.dev_data, initial_epoch=initial_epoch, epochs=epochs,
-                            steps_per_epoch=steps, validation_steps=config.dev_batches or None,
+                            steps_per_epoch=steps,
                             callbacks=callbacks, verbose=monitoring.fit_verbosity(),
                             shuffle=False)  # tf.data already shuffles
         if checkpoint.nan_epoch is not None:
@@ -241,8 +242,9 @@ def evaluate(run: Run, cloze_vocab_sizes: list[int]) -> dict:
     }
 
 
-def publish(run: Run, metrics: dict) -> None:
-    """Write the finished run folder in one piece, with its manifest, and drop the in-progress one."""
+def publish(run: Run, metrics: dict, references: list[dict]) -> None:
+    """Write the finished run folder in one piece, with its manifest, and drop the in-progress one;
+    its report compares it with the recorded `references` (`report.read_references`)."""
     config, model = run.config, run.model
     with artifacts.atomic_dir(config.run_dir) as folder:
         model.save(os.path.join(folder, "model.keras"))
@@ -262,7 +264,8 @@ def publish(run: Run, metrics: dict) -> None:
                   "optimizer_steps": metrics["optimizer_steps"],
                   "all_positions_accuracy": metrics["all_positions_accuracy_original_style"]}
         report.write(folder, report.render(os.path.basename(config.run_dir), config.preset, scores, config.as_dict(),
-                                           probe.read_probe_history(os.path.join(folder, resume.PROBE_HISTORY)), True))
+                                           probe.read_probe_history(os.path.join(folder, resume.PROBE_HISTORY)), True,
+                                           references))
         artifacts.write_manifest(folder, "model_training", run.identity, vocab_size=len(run.tokens),
                                  train_windows=run.counts["train_windows"],
                                  validation_windows=run.counts["validation_windows"])

@@ -12,10 +12,8 @@ import os
 
 from imdb_bert.artifacts import REPORT
 
-# Runs we measured, as data: preset, window length and batch, machine, optimizer steps, held-out figures.
 # A time-limited preset buys a different number of steps on every CPU, so a run is compared with the
 # recorded runs of its preset and shape at its own step count.
-REFERENCES_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "references.csv")
 SAME_STEPS = 0.1   # recorded runs within 10% of a run's steps count as "at its step count"
 ANCHORS = [
     ("the original project's 'masked accuracy' 0.977",
@@ -33,8 +31,9 @@ LABELS = [("masked_accuracy", "held-out masked-token accuracy (fixed protocol)")
 SHAPE = ("max_seq_len", "batch_size")
 
 
-def read_references(path: str = REFERENCES_CSV) -> list[dict]:
-    """The recorded reference runs (results/references.csv), or none if the file is not there."""
+def read_references(path: str) -> list[dict]:
+    """Recorded runs to compare with (a CSV: preset, window length and batch, machine, optimizer steps,
+    held-out figures), or none if the file is not there."""
     import csv
 
     if not os.path.isfile(path):
@@ -80,21 +79,17 @@ def verdict(value, expected, form: str = "{:.4f}") -> str:
 
 
 def render(name: str, preset: str, scores: dict, settings: dict, probe_history: list[dict],
-           has_curves: bool) -> str:
-    """The report of one run as Markdown."""
+           has_curves: bool, references: list[dict]) -> str:
+    """The report of one run as Markdown, compared with the `references` (`read_references`) of its
+    preset and shape."""
     steps = scores.get("optimizer_steps")
-    recorded = references_for(read_references(), preset, settings)
+    recorded = references_for(references, preset, settings)
     lines = [f"# Run `{name}` (preset `{preset}`)", ""]
     lines += [f"{scores.get('optimizer_steps', '?')} optimizer steps; vocabulary {settings.get('vocab_size')}, "
               f"{settings.get('num_layers')} layers of hidden {settings.get('hidden_size')}, windows of "
               f"{settings.get('max_seq_len')}, batch {settings.get('batch_size')}, masking "
               f"{settings.get('mask_rate')} ({settings.get('mask_token_rate')} [MASK] / "
               f"{settings.get('random_token_rate')} random). All numbers are on held-out reviews.", ""]
-    if settings.get("objective") == "electra":
-        lines += ["Objective `electra` (replaced-token detection): the encoder was trained to tell which tokens a small "
-                  "generator replaced. The masked-token figures, the cloze and the probe below are the generator's "
-                  f"(a masked LM {settings.get('generator_size')} of the encoder's width, sharing its embeddings); "
-                  "fine-tuning uses the encoder.", ""]
     lines += ["| measure | this run | recorded runs of this preset and shape at its step count |", "| --- | --- | --- |"]
     for key, label in LABELS:
         value = scores.get(key)
@@ -105,7 +100,7 @@ def render(name: str, preset: str, scores: dict, settings: dict, probe_history: 
     if recorded:
         counts = sorted(int(row["optimizer_steps"]) for row in recorded)
         machines = sorted({row["machine"] for row in recorded})
-        lines += ["", f"Recorded (results/references.csv): {len(recorded)} runs of preset `{preset}` with windows of "
+        lines += ["", f"Recorded: {len(recorded)} runs of preset `{preset}` with windows of "
                       f"{settings.get('max_seq_len')} and batch {settings.get('batch_size')}, at {counts[0]:,}–{counts[-1]:,} "
                       f"steps, on {'; '.join(machines)}."
                   + ("" if counts[0] * (1 - SAME_STEPS) <= (steps or 0) <= counts[-1] * (1 + SAME_STEPS) else
@@ -113,7 +108,7 @@ def render(name: str, preset: str, scores: dict, settings: dict, probe_history: 
                   "A machine that makes more steps in the same minutes reaches higher figures; the comparison is at "
                   "equal steps, so it judges the run, not the machine."]
     else:
-        lines += ["", f"No runs of preset `{preset}` with this shape are recorded in results/references.csv."]
+        lines += ["", f"No runs of preset `{preset}` with this shape are recorded."]
     lines += [
               "Masked-token numbers depend on the vocabulary size (a smaller one is easier to guess); the cloze "
               "does not: it asks for whole frequent words that every preset's vocabulary holds as one piece.", ""]
@@ -132,20 +127,26 @@ def render(name: str, preset: str, scores: dict, settings: dict, probe_history: 
 
 
 def write(folder: str, text: str) -> None:
-    with open(os.path.join(folder, REPORT), "w", encoding="utf-8") as out:
-        out.write(text)
+    """Write the report; sections other tools added to the old one (under a `## ` heading `text`
+    lacks, such as the label curve's) are kept at its end."""
+    path = os.path.join(folder, REPORT)
+    headings = {line.strip() for line in text.splitlines() if line.startswith("## ")}
+    added = [section for heading, section in sections(path) if heading not in headings]
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("\n".join([text.rstrip() + "\n"] + added))
 
 
-LABEL_CURVE_HEADING = "## Sentiment against the number of labels"
-
-
-def label_curve_section(table: str, image: str) -> str:
-    """The report's section on the label curve (label_curve.py): its table and its plot."""
-    return "\n".join([LABEL_CURVE_HEADING, "",
-                      "Held-out accuracy of the fine-tuned pretrained encoder, the same architecture trained from "
-                      "random weights, and a bag of words, each trained on the same class-balanced sample of "
-                      "labelled training reviews (mean over seeds, their range in brackets; label_curve.py):", "",
-                      table, "", f"![held-out accuracy against labels]({image})", ""])
+def sections(path: str) -> list[tuple[str, str]]:
+    """(heading, text) of each `## ` section of a Markdown file (none if it is not there)."""
+    if not os.path.isfile(path):
+        return []
+    found = []
+    for line in open(path, encoding="utf-8").read().splitlines():
+        if line.startswith("## "):
+            found.append((line.strip(), []))
+        if found:
+            found[-1][1].append(line)
+    return [(heading, "\n".join(lines).rstrip() + "\n") for heading, lines in found]
 
 
 def put_section(folder: str, heading: str, section: str) -> None:

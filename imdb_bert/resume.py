@@ -39,11 +39,11 @@ def work_dir(run_dir: str) -> str:
     return run_dir.rstrip("/") + ".inprogress"
 
 
-def open_work_dir(folder: str, identity: dict, force: bool) -> dict | None:
+def open_work_dir(folder: str, identity: dict, force: bool, config) -> dict | None:
     """Create `folder` for a new run, or return the saved state of the unfinished run there.
 
     An unfinished run for another config or other inputs is never thrown away silently: it is
-    refused unless `force` is set, which starts over.
+    refused unless `force` is set, which starts over. (`config` declares the keys added since.)
     """
     if force and os.path.isdir(folder):
         shutil.rmtree(folder)
@@ -55,8 +55,8 @@ def open_work_dir(folder: str, identity: dict, force: bool) -> dict | None:
         except (OSError, json.JSONDecodeError):
             shutil.rmtree(folder)  # killed before it even recorded what it was for: nothing to keep
     if saved_identity is not None:
-        if not pipeline.built_with(saved_identity, identity):
-            built = pipeline.built_config(saved_identity)
+        if not pipeline.built_with(saved_identity, identity, config):
+            built = pipeline.built_config(saved_identity, config)
             changed = pipeline.changed_values({key: built.get(key) for key in identity["config"]}, identity["config"]) or \
                 "the prepared data or vocabulary changed"
             raise artifacts.StageError(

@@ -16,7 +16,6 @@ import numpy as np
 import tensorflow as tf
 
 from imdb_bert import inputs
-from imdb_bert.model import BertMaskedLM
 
 
 @dataclass(frozen=True)
@@ -260,31 +259,10 @@ class TimeBudget(keras.callbacks.Callback):
         self.last_batch_end = None   # validation is not a step
 
 
-@keras.saving.register_keras_serializable(package="imdb_bert")
-class LayerRateAdamW(keras.optimizers.AdamW):
-    """AdamW whose learning rate is scaled per variable by `rate_factors[variable.path]` (default 1).
-
-    Keras has no per-variable rates; `update_step` is its documented hook for an optimizer's update.
-    The TensorFlow backend hands it the `tf.Variable` behind a Keras variable, named by the same path."""
-
-    def __init__(self, rate_factors: dict[str, float] | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rate_factors = dict(rate_factors or {})
-
-    def update_step(self, gradient, variable, learning_rate):
-        path = getattr(variable, "path", None) or variable.name.split(":")[0]
-        return super().update_step(gradient, variable, learning_rate * self.rate_factors.get(path, 1.0))
-
-    def get_config(self):
-        return {**super().get_config(), "rate_factors": self.rate_factors}
-
-
-def adamw(learning_rate, weight_decay: float, encoder, beta_2: float = 0.999,
-          rate_factors: dict[str, float] | None = None) -> keras.optimizers.AdamW:
-    """AdamW with gradient clipping; no decay on vectors (biases, norms) or the encoder's embedding
-    tables; with `rate_factors`, a `LayerRateAdamW`."""
-    kind, extra = (LayerRateAdamW, {"rate_factors": rate_factors}) if rate_factors else (keras.optimizers.AdamW, {})
-    optimizer = kind(learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2, clipnorm=1.0, **extra)
+def adamw(learning_rate, weight_decay: float, encoder, beta_2: float = 0.999) -> keras.optimizers.AdamW:
+    """AdamW with gradient clipping; no decay on vectors (biases, norms) or the encoder's embedding tables."""
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, beta_2=beta_2,
+                                       clipnorm=1.0)
     optimizer.exclude_from_weight_decay(var_list=[variable for variable in encoder.trainable_variables
                                                   if len(variable.shape) < 2] + encoder.embedding_tables())
     return optimizer
@@ -350,32 +328,20 @@ def masked_token_hits(y_true, y_pred):
     return tf.cast(tf.equal(tf.cast(y_true, tf.int32), predicted), tf.float32)
 
 
-@keras.saving.register_keras_serializable(package="imdb_bert")
-def masked_token_entropy(y_true, y_pred):
-    """The masked-token cross-entropy per prediction slot (a metric where the loss holds more than it)."""
-    return MaskedTokenCrossEntropy().call(y_true, y_pred)
-
-
 def compile_masked_lm(model, schedule: ScheduleConfig, weight_decay: float, total_steps: int,
                       jit_compile: bool = False, steps_per_execution: int = 1) -> None:
-    """AdamW on the schedule, masked-only loss and accuracy. The loss is the masked-token
-    cross-entropy, plus what the model adds itself (ELECTRA's replaced-token loss); when it adds
-    something, the masked-token part is also logged alone, as `masked_loss`."""
-    metrics = [keras.metrics.MeanMetricWrapper(masked_token_hits, name="masked_accuracy")]
-    if not isinstance(model, BertMaskedLM):
-        metrics.append(keras.metrics.MeanMetricWrapper(masked_token_entropy, name="masked_loss"))
+    """AdamW on the schedule, masked-only loss and accuracy (the loss is the masked-token cross-entropy)."""
     model.compile(
         optimizer=adamw(learning_rate_schedule(schedule, total_steps), weight_decay, model.encoder, beta_2=0.98),
         loss=MaskedTokenCrossEntropy(),
         # For the masked LM the loss already is the masked-token cross-entropy; a second
         # cross-entropy metric over the [batch, slots, vocab] logits would cost a visible share of the step.
-        weighted_metrics=metrics,
+        weighted_metrics=[keras.metrics.MeanMetricWrapper(masked_token_hits, name="masked_accuracy")],
         jit_compile=jit_compile, steps_per_execution=steps_per_execution)
 
 
 class PerplexityLogger(keras.callbacks.Callback):
-    """Adds `perplexity` and `val_perplexity` (exp of the masked-token cross-entropy: `masked_loss` where
-    the model logs it, else the loss) to the logs.
+    """Adds `perplexity` and `val_perplexity` (exp of the masked-token cross-entropy, the loss) to the logs.
 
     Put it before any logging callback so the CSV history carries them too.
     """
@@ -384,7 +350,7 @@ class PerplexityLogger(keras.callbacks.Callback):
         if logs is None:
             return
         for prefix in ("", "val_"):
-            entropy = logs.get(prefix + "masked_loss", logs.get(prefix + "loss"))
+            entropy = logs.get(prefix + "loss")
             if entropy is not None:
                 logs[prefix + "perplexity"] = float(math.exp(min(entropy, 50.0)))
 

@@ -22,33 +22,19 @@ sys.path.insert(0, ROOT)
 # (pytest.ini), so starting these first lets the two finish together instead of one waiting on
 # the last slow file. Files not listed follow, in their usual order.
 SLOWEST_FILES = ["test_reruns.py", "test_distribute.py", "test_study.py", "test_classifier.py", "test_label_curve.py",
-                 "test_evaluation.py", "test_electra.py", "test_damaged_runs.py", "test_hf_export.py",
+                 "test_evaluation.py", "test_damaged_runs.py", "test_hf_export.py",
                  "test_precision.py", "test_smoke.py", "test_notebook.py", "test_bad_input.py"]
 
 
-# A test is `slow` (left out by `pytest -m "not slow"`, the contributors' inner loop) when it runs a
-# stage script or any other subprocess, or needs the data or run those build; tests that train for
-# long in process carry @pytest.mark.slow themselves.
+# A test is `slow` (left out by `pytest -m "not slow"`, the contributors' inner loop) when it carries
+# @pytest.mark.slow (it runs a stage script or another subprocess, or trains for long in process) or
+# takes one of these fixtures, which run the stages to build their data or run.
 SLOW_FIXTURES = {"built_data", "trained_run", "trained", "runs", "uninterrupted"}
-SLOW_CALLS = ("run_stage(", "subprocess.", "evaluate(", "run_study(", "what_transformers_makes_of(",
-              "download_and_prepare(")
-
-
-def is_slow(item) -> bool:
-    import inspect
-
-    if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
-        return True
-    try:
-        source = inspect.getsource(item.function)
-    except (OSError, TypeError, AttributeError):
-        return False
-    return any(call in source for call in SLOW_CALLS)
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if is_slow(item):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
     def rank(item):

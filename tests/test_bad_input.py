@@ -27,6 +27,7 @@ def download_and_prepare(tmp_path, reviews):
     return data_dir, download, run_stage(["data_prep.py"], data_dir, check=False)
 
 
+@pytest.mark.slow
 def test_empty_review_files_are_dropped_and_counted(tmp_path, fixture_reviews):
     reviews = [("", 1), ("   <br /><br />  ", 0)] + fixture_reviews[:60]
     data_dir, _, prepared = download_and_prepare(tmp_path, reviews)
@@ -35,11 +36,13 @@ def test_empty_review_files_are_dropped_and_counted(tmp_path, fixture_reviews):
     assert counts["empty_dropped"] == 2 and counts["kept"] == 60
 
 
+@pytest.mark.slow
 def test_a_source_of_only_empty_reviews_is_one_line(tmp_path):
     _, _, prepared = download_and_prepare(tmp_path, [("", 1), (" ", 0), ("<br />", 1)])
     one_line_error(prepared, "only 0 non-empty distinct reviews", "./download.sh --force")
 
 
+@pytest.mark.slow
 def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, fixture_reviews):
     bad = (b"caf\xe9 au lait, a \xff\xfe fine film", 1)
     data_dir, _, prepared = download_and_prepare(tmp_path, [bad] + fixture_reviews[:40])
@@ -48,6 +51,7 @@ def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, fixture_reviews):
     assert json.load(open(os.path.join(data_dir, "prepared", "manifest.json")))["undecodable_reviews"] == 1
 
 
+@pytest.mark.slow
 def test_archive_without_the_expected_listing_is_refused(tmp_path, fixture_reviews):
     source = tmp_path / "elsewhere"
     source.mkdir()
@@ -62,6 +66,7 @@ def test_archive_without_the_expected_listing_is_refused(tmp_path, fixture_revie
     assert not (tmp_path / "data" / "raw" / "official").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, hint", [
     ("data_prep.py", "run ./download.sh first"),
     ("tokeniser_build.py", "run: python data_prep.py"),
@@ -91,6 +96,7 @@ def test_probe_without_mask_is_refused_before_training(built_data, tmp_path):
     assert "Epoch 1" not in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, message", [
     ("no_such_key=1", "unknown config key 'no_such_key'"),
     ("vocab_size=-5", "vocab_size must be positive"),
@@ -136,6 +142,7 @@ class TrickleHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_download_leaves_nothing_taken_as_complete(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TrickleHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -65,6 +65,7 @@ def test_held_out_reviews_are_never_trained_on(classified):
     assert held_out and dev and train and not train & held_out and not train & dev and not dev & held_out
 
 
+@pytest.mark.slow
 def test_rerun_is_up_to_date_and_a_changed_run_is_stale(classified, tmp_path):
     data_dir, _, _ = classified
     again = run_stage(["classifier_training.py", "--compare-scratch"], data_dir)
@@ -73,18 +74,19 @@ def test_rerun_is_up_to_date_and_a_changed_run_is_stale(classified, tmp_path):
     one_line_error(stale, "is stale", "learning_rate", "rerun python model_training.py")
 
 
+@pytest.mark.slow
 def test_dev_only_adds_a_study_row_and_leaves_the_classifier_alone(classified):
     data_dir, run_dir, _ = classified
     manifest = os.path.join(run_dir, "classifier", "manifest.json")
     finished = open(manifest).read()
     result = run_stage(["classifier_training.py", "--dev-only"], data_dir, "classifier_windows=head_tail",
-                       "classifier_pooling=cls", "classifier_layer_decay=0.8", "classifier_epochs=2")
+                       "classifier_dropout=0.2", "classifier_epochs=2")
     study = os.path.join(data_dir, "runs", "fine_tune_study.csv")
     with open(study) as handle:
         rows = list(csv.DictReader(handle))
     os.remove(study)   # the runs folder is shared with the other stage tests
     row = rows[-1]
-    assert (row["classifier_windows"], row["classifier_pooling"], row["classifier_layer_decay"]) == ("head_tail", "cls", "0.8")
+    assert (row["classifier_windows"], row["classifier_dropout"]) == ("head_tail", "0.2")
     on_dev = [float(value) for value in row["dev_accuracy_per_epoch"].split()]
     assert len(on_dev) == 2 and float(row["dev_accuracy"]) == max(on_dev)
     assert int(row["epoch_picked"]) == on_dev.index(max(on_dev)) + 1
@@ -164,6 +166,7 @@ def test_fill_mask_export_matches_the_keras_fills_in_a_fresh_process(classified,
                 assert outputs["tokens"][row][mask_index][0] == keras_fills[0]["predicted mask token"]
 
 
+@pytest.mark.slow
 def test_predict_serves_both_exports(classified):
     data_dir, run_dir, _ = classified
     sentiment = run_stage(["predict.py", "--json", REVIEWS[0]], data_dir)

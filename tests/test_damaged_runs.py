@@ -100,11 +100,12 @@ def test_a_vocab_edited_by_hand_is_refused_then_rebuilt_by_its_stage(built_data,
 
 
 def as_written_before_per_file_hashes(run_dir):
-    """Rewrite the run's manifest as the release before per-file hashes (and before the objective key) wrote it."""
+    """Rewrite the run's manifest as the release before per-file hashes (and before the steps_per_execution
+    key) wrote it."""
     path = os.path.join(run_dir, "manifest.json")
     manifest = json.load(open(path))
     del manifest["file_sha256"]
-    del manifest["config"]["objective"]
+    del manifest["config"]["steps_per_execution"]
     json.dump(manifest, open(path, "w"), indent=2)
 
 
@@ -146,7 +147,7 @@ def test_a_run_made_before_a_key_that_changes_training_existed_is_stale_and_says
     data_dir = copy_data(trained_run, tmp_path, with_runs=True)
     path = os.path.join(data_dir, RUN, "manifest.json")
     manifest = json.load(open(path))
-    del manifest["config"]["short_seq_len"]   # no entry in pipeline.ADDED_KEYS: its absence is not "off"
+    del manifest["config"]["short_seq_len"]   # declared with no upgrade value: its absence is not "off"
     json.dump(manifest, open(path, "w"), indent=2)
     one_line_error(run_stage(["classifier_training.py"], data_dir, check=False),
                    "is stale: it was made before the config key(s) short_seq_len existed, whose value(s) here "

@@ -81,7 +81,7 @@ def test_report_md_reads_on_its_own(evaluated):
 
 
 def test_a_run_is_compared_with_the_recorded_runs_of_its_shape_at_its_own_step_count():
-    references = report.read_references()   # results/references.csv
+    references = report.read_references(os.path.join(ROOT, "tests", "fixtures", "references.csv"))
     cpu = config.make_config("cpu", {})
     shape = {"max_seq_len": cpu.max_seq_len, "batch_size": cpu.batch_size}
     recorded = report.references_for(references, "cpu", shape)
@@ -98,10 +98,21 @@ def test_a_run_is_compared_with_the_recorded_runs_of_its_shape_at_its_own_step_c
     assert value == same and min(neighbours) <= value <= max(neighbours) and "interpolated" in how
     # Outside what was recorded: no comparison, and the report says so.
     assert report.expected_at(recorded, "masked_accuracy", steps[-1] * 3) is None
-    text = report.render("r", "cpu", {"optimizer_steps": steps[-1] * 3, "masked_accuracy": 0.5}, shape, [], False)
+    text = report.render("r", "cpu", {"optimizer_steps": steps[-1] * 3, "masked_accuracy": 0.5}, shape, [], False,
+                         references)
     assert "outside what was recorded" in text
+    assert report.read_references(os.path.join(ROOT, "no-such.csv")) == []
 
 
+def test_rewriting_a_report_keeps_the_sections_other_tools_added(tmp_path):
+    report.write(str(tmp_path), "# Run `r`\n\n## Anchors\n\nold anchors\n")
+    report.put_section(str(tmp_path), "## Added by a tool", "## Added by a tool\n\nits table\n")
+    report.write(str(tmp_path), "# Run `r`\n\n## Anchors\n\nnew anchors\n")
+    text = open(tmp_path / "report.md").read()
+    assert text == "# Run `r`\n\n## Anchors\n\nnew anchors\n\n## Added by a tool\n\nits table\n"
+
+
+@pytest.mark.slow
 def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path):
     data_dir, run_dir, _, _ = evaluated
     other_data = copy_data((data_dir, None), tmp_path)
@@ -121,12 +132,14 @@ def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path)
     assert table[2].startswith("| tiny |") and table[3].startswith("| masked30 |") and "| 0.3 |" in table[3] + " "
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_finished_run_is_one_line(evaluated, tmp_path):
     data_dir, _, _, _ = evaluated
     result = evaluate(str(tmp_path), check=False)
     one_line_error(result, "has no finished output", "run: python model_training.py")
 
 
+@pytest.mark.slow
 def test_a_run_whose_prepared_data_changed_is_one_line(evaluated, tmp_path):
     data_dir, run_dir, _, _ = evaluated
     copied = copy_data((data_dir, None), tmp_path)

@@ -122,6 +122,7 @@ for _ in range(2):
 """
 
 
+@pytest.mark.slow
 def test_validation_masking_is_the_same_every_epoch_and_run():
     script = VALIDATION_MASKS.format(root=ROOT)
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout

@@ -11,7 +11,7 @@ from conftest import copy_data, one_line_error, run_stage
 
 
 def test_samples_are_class_balanced_and_nested():
-    from imdb_bert import label_efficiency
+    from lab import label_efficiency
 
     labels = np.array([0] * 700 + [1] * 300)
     np.random.default_rng(0).shuffle(labels)
@@ -30,7 +30,7 @@ def test_samples_are_class_balanced_and_nested():
 
 
 def test_small_samples_get_more_passes_and_counts_parse():
-    from imdb_bert import label_efficiency
+    from lab import label_efficiency
 
     schedules = {count: label_efficiency.schedule_for(count, min_epochs=1) for count in (100, 300, 1000, 3000, 20000)}
     passes = {count: s.repeats * s.epochs for count, s in schedules.items()}
@@ -46,7 +46,7 @@ def test_small_samples_get_more_passes_and_counts_parse():
 
 # The tiny preset reads 2 windows of a review; 3 here shows the curve reads as many as the classifier.
 # Few reviews read and 2 epochs at least (tiny's classifier_epochs is 8): the files are under test, not the accuracy.
-CURVE_COMMAND = ["label_curve.py", "--labels", "40,all", "--seeds", "1", "--first-seed", "7", "--passes", "100",
+CURVE_COMMAND = ["lab/label_curve.py", "--labels", "40,all", "--seeds", "1", "--first-seed", "7", "--passes", "100",
                  "--set", "classifier_max_windows=3", "--set", "classifier_epochs=2"]
 
 
@@ -57,6 +57,7 @@ def curve(trained_run):
     return data_dir, os.path.join(data_dir, "runs", "tiny"), result
 
 
+@pytest.mark.slow
 def test_label_curve_writes_its_csv_plot_and_report_section(curve):
     data_dir, run_dir, result = curve
     folder = os.path.join(run_dir, "label_curve")
@@ -83,8 +84,9 @@ def test_label_curve_writes_its_csv_plot_and_report_section(curve):
     assert "label_curve: up to date" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_measured_curve_is_recorded_into_the_results_csvs(curve, tmp_path):
-    # docs/record_curve.py is how a curve's rows reach results/ (the docs' tables are drawn from there).
+    # lab/record_curve.py is how a curve's rows reach results/ (the docs' tables are drawn from there).
     import json
     import subprocess
     import sys
@@ -92,7 +94,7 @@ def test_a_measured_curve_is_recorded_into_the_results_csvs(curve, tmp_path):
     from conftest import ROOT
 
     _, run_dir, _ = curve
-    command = [sys.executable, os.path.join(ROOT, "docs", "record_curve.py"), run_dir, "--as", "tiny-test",
+    command = [sys.executable, os.path.join(ROOT, "lab", "record_curve.py"), run_dir, "--as", "tiny-test",
                "--pretrain-minutes", "2", "--machine", "test-cpu", "--results", str(tmp_path)]
     subprocess.run(command, check=True, capture_output=True, text=True)
     with open(tmp_path / "label_curve.csv", newline="") as handle:
@@ -112,7 +114,8 @@ def test_a_measured_curve_is_recorded_into_the_results_csvs(curve, tmp_path):
 
 
 def test_label_curve_samples_come_from_the_training_split_only(curve):
-    from imdb_bert import classifier, corpus, label_efficiency
+    from imdb_bert import classifier, corpus
+    from lab import label_efficiency
 
     data_dir, _, _ = curve
     prepared = os.path.join(data_dir, "prepared")
@@ -134,12 +137,12 @@ def test_label_curve_samples_come_from_the_training_split_only(curve):
 
 def test_label_curve_refuses_bad_counts(trained_run):
     data_dir, _ = trained_run
-    one_line_error(run_stage(["label_curve.py", "--labels", "100,many"], data_dir, check=False), "--labels", "'many'")
+    one_line_error(run_stage(["lab/label_curve.py", "--labels", "100,many"], data_dir, check=False), "--labels", "'many'")
 
 
 def test_frozen_probe_scores_every_layer_of_both_encoders(trained_run):
     data_dir, _ = trained_run
-    result = run_stage(["frozen_probe.py", "--labels", "60"], data_dir)
+    result = run_stage(["lab/frozen_probe.py", "--labels", "60"], data_dir)
     path = os.path.join(data_dir, "runs", "frozen_probe.csv")
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -156,7 +159,8 @@ def test_frozen_probe_scores_every_layer_of_both_encoders(trained_run):
 def test_the_logistic_regression_works_on_raw_features():
     # fit_logistic_regression trains on standardised features and folds the standardisation into
     # the weights it returns, so a head that reads raw pooled features can use them as they are.
-    from imdb_bert import classifier, linear_probe
+    from imdb_bert import classifier
+    from lab import linear_probe
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
@@ -168,6 +172,7 @@ def test_the_logistic_regression_works_on_raw_features():
     assert linear_probe.logistic_regression_accuracy(features[:300], labels[:300], features[300:], labels[300:]) > 0.75
 
 
+@pytest.mark.slow
 def test_probe_first_starts_fine_tuning_from_a_fitted_head():
     # LP-FT: before any fine-tuning step, the head reads the frozen encoder: a review's sentiment is
     # whether it holds one word piece, which a random encoder's mean-pooled states still show.
@@ -195,7 +200,7 @@ def test_probe_first_starts_fine_tuning_from_a_fitted_head():
 
 # The pays-check at the tiny preset: few labels, one seed, few reviews read; the rows and the fit cache
 # are under test, not the accuracy.
-PAYS_COMMAND = ["label_curve.py", "--pays", "--dev-only", "--labels", "20,40", "--seeds", "1", "--passes", "60",
+PAYS_COMMAND = ["lab/label_curve.py", "--pays", "--dev-only", "--labels", "20,40", "--seeds", "1", "--passes", "60",
                 "--set", "classifier_epochs=1"]
 
 
@@ -223,11 +228,12 @@ def test_the_pays_check_writes_its_row_and_reuses_cached_scratch_fits(trained_ru
 def test_a_scratch_fit_is_keyed_by_the_shape_sample_and_data():
     import dataclasses
 
-    from imdb_bert import classifier, label_efficiency
+    from imdb_bert import classifier
+    from lab import label_efficiency
     from imdb_bert.model import ModelConfig
 
     plan = label_efficiency.CurvePlan(counts=(300,), seeds=(1,))
-    settings = classifier.FineTuneConfig(5e-4, 1.0, 0.1, "mean")
+    settings = classifier.FineTuneConfig(5e-4, 0.1, 0.01, False)
     shape = ModelConfig(vocab_size=8000, max_seq_len=64, hidden_size=128, num_heads=4, ffn_size=512, num_layers=2,
                         dropout=0.0, norm_position="pre", activation="gelu", tie_embeddings=True)
     inputs = {"prepared": "a", "vocab": "b"}
@@ -245,7 +251,7 @@ def test_a_scratch_fit_is_keyed_by_the_shape_sample_and_data():
 
 
 def test_the_pays_verdict_needs_the_lead_at_every_count_beyond_the_range():
-    from imdb_bert import label_efficiency
+    from lab import label_efficiency
 
     def rows(pretrained_300, pretrained_1000):
         made = []

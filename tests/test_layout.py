@@ -1,6 +1,8 @@
-"""The code's shape: package modules import each other without a cycle, and never a stage script or
-config.py (arrows point down: scripts -> imdb_bert -> TensorFlow)."""
+"""The code's shape: package modules import each other without a cycle, and never a stage script,
+config.py or the lab (arrows point down: lab -> scripts' config.py and imdb_bert -> TensorFlow); the
+package never opens results/."""
 
+import pytest
 import ast
 import glob
 import os
@@ -33,7 +35,7 @@ def test_package_modules_import_no_script_and_no_cycle():
     graph = package_imports()
     assert {"pipeline", "model", "pretraining", "private_apis"} <= set(graph)
     for module, imported in graph.items():
-        assert not imported & SCRIPTS, (module, imported & SCRIPTS)   # config.py and the stage scripts included
+        assert not imported & (SCRIPTS | {"lab"}), (module, imported & (SCRIPTS | {"lab"}))   # config.py included
     edges = {module: {name for name in imported if name in graph} for module, imported in graph.items()}
     visiting, done = [], set()
 
@@ -51,6 +53,25 @@ def test_package_modules_import_no_script_and_no_cycle():
         visit(module)
 
 
+def test_the_product_never_imports_the_lab_and_the_package_never_names_results():
+    for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "imdb_bert", "*.py")):
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "lab", path
+            elif isinstance(node, ast.Import):
+                assert all(alias.name.split(".")[0] != "lab" for alias in node.names), path
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and os.sep + "imdb_bert" + os.sep in path
+                  and (node.value == "results" or "results/" in node.value)):
+                raise AssertionError(f"{path} names results/ ({node.value!r}): pass the path in from the caller")
+    lab_imports = set()
+    for path in glob.glob(os.path.join(ROOT, "lab", "*.py")):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                lab_imports.add(node.module.split(".")[0])
+    assert {"imdb_bert", "lab"} <= lab_imports   # the lab does import the product
+
+
 def test_private_library_apis_are_used_in_one_module_only():
     for path in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True):
         if path.endswith(os.path.join("imdb_bert", "private_apis.py")) or os.sep + "tests" + os.sep in path:
@@ -60,17 +81,19 @@ def test_private_library_apis_are_used_in_one_module_only():
             assert private not in text, (path, private)
 
 
+@pytest.mark.slow
 def test_the_docs_study_tables_are_rendered_from_the_results_csvs():
-    """docs/render.py --check fails when a table in docs/ is not what results/*.csv give (typed by hand,
+    """lab/render.py --check fails when a table in docs/ is not what results/*.csv give (typed by hand,
     or a CSV changed without rerendering)."""
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "render.py"), "--check"], capture_output=True,
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "lab", "render.py"), "--check"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_every_error_message_names_only_flags_that_exist():
     """A one-line error that tells the user to pass a flag names a flag some command has (each
     command's --help lists them): "pass --run FOLDER" once stood in a message of evaluate.py, which has none."""
@@ -79,14 +102,16 @@ def test_every_error_message_names_only_flags_that_exist():
     import sys
 
     flags = set()
-    for path in glob.glob(os.path.join(ROOT, "*.py")):
+    commands = [path for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "lab", "*.py"))
+                if not path.endswith("__init__.py")]
+    for path in commands:
         result = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, cwd=ROOT,
                                 env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
         assert result.returncode == 0, (path, result.stderr[-2000:])
         flags |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", result.stdout))
     assert {"--run", "--force", "--set", "--preset", "--compare", "--pays"} <= flags
     named = {}
-    for path in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "imdb_bert", "*.py")):
+    for path in commands + glob.glob(os.path.join(ROOT, "imdb_bert", "*.py")):
         for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
             if not isinstance(node, ast.Raise) or node.exc is None:
                 continue

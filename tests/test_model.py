@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import config
 from conftest import ROOT, masked_lm_for
-from imdb_bert import artifacts, inputs, model, training
+from imdb_bert import inputs, model, training
 
 VOCAB = 300
 
@@ -37,6 +37,7 @@ def test_padding_does_not_change_the_fills(norm_position):
     assert unpadded_logits.shape == (1, 2, VOCAB)
 
 
+@pytest.mark.slow
 def test_loss_counts_masked_positions_only(tiny_model):
     rng = np.random.default_rng(0)
     features = {"input_ids": rng.integers(5, VOCAB, (4, 16)).astype(np.int32),
@@ -93,6 +94,7 @@ np.save({out!r}, keras.ops.convert_to_numpy(loaded({{"input_ids": ids, "masked_p
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, schedule", [("float32", "cosine"), ("mixed_bfloat16", "cosine"),
                                                  ("float32", "transformer")])
 def test_saved_model_reloads_in_a_fresh_process(tmp_path, precision, schedule):
@@ -135,94 +137,16 @@ def test_a_classifier_head_goes_on_the_same_encoder_object(tiny_model):
     assert shared <= {id(weight) for weight in sentiment.weights}
 
 
-def test_a_classifier_on_every_layer_reads_each_layers_mean_and_reloads_as_saved(tiny_model, tmp_path):
-    from imdb_bert import classifier
+def test_the_frozen_probe_reads_the_embeddings_each_block_and_the_final_norm(tiny_model):
+    from lab import linear_probe
 
-    encoder = classifier_copy(tiny_model.encoder)
-    sentiment = classifier.SentimentClassifier(encoder, dropout=0.0, pooling="layers")
-    names = classifier.representation_layers(encoder)
-    assert names[0] == "position_embedding" and names[-1] == "final_norm" and len(names) == encoder.config.num_layers + 2
-    assert sentiment.get_layer("sentiment").kernel.shape == (len(names) * encoder.config.hidden_size, 1)
-    assert {id(weight) for weight in encoder.weights} <= {id(weight) for weight in sentiment.weights}
-    windows = np.random.default_rng(0).integers(5, 100, (3, 2, 16)).astype(np.int32)
-    windows[0, 1] = 0    # a review of one window
-    path = tmp_path / "layers.keras"
-    sentiment.save(path)
-    reloaded = keras.models.load_model(path)
-    np.testing.assert_allclose(reloaded.predict(windows, verbose=0), sentiment.predict(windows, verbose=0), atol=1e-5)
-
-
-def test_the_cloze_prompt_goes_before_each_windows_sep_and_the_content_is_cut_to_fit():
-    from imdb_bert import classifier
-
-    cls, sep, mask = inputs.CLS_ID, inputs.SEP_ID, inputs.MASK_ID
-    prompt = [20, 21, mask, 22]
-    windows = np.array([[cls, 10, 11, sep, 0, 0, 0, 0, 0, 0],           # short: the prompt is added
-                        [cls, 1, 2, 3, 4, 5, 6, 7, 8, sep],             # full: its last words give way
-                        [0] * 10], np.int32)                            # a padding window stays one
-    prompted = keras.ops.convert_to_numpy(classifier.AppendPrompt(prompt, max_seq_len=10)(windows))
-    np.testing.assert_array_equal(prompted, [[cls, 10, 11, 20, 21, mask, 22, sep, 0, 0],
-                                             [cls, 1, 2, 3, 4, 20, 21, mask, 22, sep],
-                                             [0] * 10])
-    tokens = ["[PAD]", "it", "was", "[MASK]", ".", "great", "good", "excellent", "bad", "terrible", "awful"]
-    assert classifier.cloze_ids(tokens) == {"prompt": [1, 2, 3, 4], "positive": [5, 6, 7], "negative": [8, 9, 10]}
-    with pytest.raises(artifacts.StageError, match="awful"):
-        classifier.cloze_ids(tokens[:-1])
-
-
-def test_a_cloze_classifier_starts_as_the_masked_lms_log_odds_and_reloads_as_saved(tiny_model, tmp_path):
-    from imdb_bert import classifier
-
-    cloze = {"prompt": [20, 21, inputs.MASK_ID, 22], "positive": [30, 31], "negative": [40]}
-    sentiment = classifier.SentimentClassifier(tiny_model.encoder, pooling="cloze", cloze=cloze, mlm_head=tiny_model.head)
-    windows = np.random.default_rng(0).integers(50, 100, (2, 2, 12)).astype(np.int32)
-    windows[:, :, 0], windows[:, :, -1] = inputs.CLS_ID, inputs.SEP_ID
-    windows[1, 1] = 0    # the second review has one window
-    logits = sentiment.predict(windows, verbose=0)
-    # The same read off the masked LM itself: the prompt before [SEP], its [MASK] scored.
-    def log_odds(window):
-        ids = list(window[:-1][:64 - 5]) + cloze["prompt"] + [inputs.SEP_ID]
-        scores = predict(tiny_model, ids, [ids.index(inputs.MASK_ID)])[0, 0].astype(np.float64)
-        return (np.log(np.exp(scores[cloze["positive"]]).sum()) - np.log(np.exp(scores[cloze["negative"]]).sum()))
-    expected = [np.mean([log_odds(windows[0, 0]), log_odds(windows[0, 1])]), log_odds(windows[1, 0])]
-    np.testing.assert_allclose(logits, expected, atol=1e-4)
-    path = tmp_path / "cloze.keras"
-    sentiment.save(path)
-    np.testing.assert_allclose(keras.models.load_model(path).predict(windows, verbose=0), logits, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_layer_wise_rate_decay_scales_each_layers_update(tiny_model):
-    from imdb_bert import classifier
-
-    encoder = tiny_model.encoder
-    factors = classifier.layer_rate_factors(encoder, 0.5)
-    blocks = sorted(layer.name for layer in encoder.layers if layer.name.startswith("block_"))
-    top, below = encoder.get_layer(blocks[-1]), encoder.get_layer(blocks[-2])
-    assert {factors[variable.path] for variable in top.trainable_variables} == {1.0}
-    assert {factors[variable.path] for variable in below.trainable_variables} == {0.5}
-    assert factors[encoder.token_embedding.embeddings.path] == 0.5 ** len(blocks)
-    # classifier_encoder_rate scales every encoder variable, the final norm too; the head is not listed (rate 1).
-    scaled = classifier.layer_rate_factors(encoder, 0.5, encoder_rate=0.1)
-    assert scaled == pytest.approx({path: 0.1 * factor for path, factor in factors.items()})
-    assert {scaled[variable.path] for variable in encoder.get_layer("final_norm").trainable_variables} == {0.1}
-    # Decay 0 stops the Adam steps below the top block (the decoupled weight decay, 0.01 x the
-    # rate, still shrinks their kernels a little); the top block and the head learn.
-    sentiment = classifier.SentimentClassifier(classifier_copy(encoder), dropout=0.0, pooling="cls")
-    classifier.compile_classifier(sentiment, 1e-2, total_steps=10, layer_decay=0.0)
-    before = {variable.path: variable.numpy().copy() for variable in sentiment.trainable_variables}
-    windows = np.random.default_rng(0).integers(5, 100, (4, 2, 16)).astype(np.int32)
-    for _ in range(3):
-        sentiment.train_on_batch(windows, np.array([0, 1, 0, 1], np.float32))
-    change = {variable.path: np.abs(variable.numpy() - before[variable.path]).max()
-              for variable in sentiment.trainable_variables}
-    top_paths = {variable.path for variable in sentiment.encoder.get_layer(blocks[-1]).trainable_variables}
-    kept_below = {path for path in classifier.layer_rate_factors(encoder, 0.0) if path not in top_paths
-                  and "final_norm" not in path}
-    assert kept_below and max(change[path] for path in kept_below) < 1e-4
-    # (Kernels: a key bias gets no gradient, attention being blind to it.)
-    assert min(change[path] for path in top_paths if path.endswith("kernel")) > 1e-3
-    assert change["sentiment/kernel"] > 1e-3
+    names, every_layer = linear_probe.representation_model(tiny_model.encoder)
+    assert names[0] == "position_embedding" and names[-1] == "final_norm"
+    assert len(names) == tiny_model.encoder.config.num_layers + 2
+    ids = np.random.default_rng(0).integers(5, 100, (2, 16)).astype(np.int32)
+    outputs = every_layer(ids)   # the same weights: its last output is the encoder's
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs[-1]),
+                               keras.ops.convert_to_numpy(tiny_model.encoder(ids)), atol=1e-6)
 
 
 def classifier_copy(encoder):
@@ -257,6 +181,7 @@ print(json.dumps(float(strategy.reduce("SUM", per_replica, axis=None))))
 """
 
 
+@pytest.mark.slow
 def test_several_replicas_give_the_mean_over_every_masked_token_of_the_global_batch():
     result = subprocess.run([sys.executable, "-c", LOSS_ON_TWO_REPLICAS.format(root=ROOT)], capture_output=True,
                             text=True, timeout=300)

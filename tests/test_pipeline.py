@@ -54,6 +54,7 @@ def test_probe_prints_the_original_dicts_each_epoch(pipeline):
     assert "'predicted mask token'" in lines[0] and "'probability'" in lines[0]
 
 
+@pytest.mark.slow
 def test_fill_mask_matches_the_last_probe(pipeline):
     data_dir, _ = pipeline
     metrics = json.load(open(os.path.join(data_dir, "runs", "tiny", "metrics.json")))
@@ -64,6 +65,7 @@ def test_fill_mask_matches_the_last_probe(pipeline):
     assert fills[0]["probability"] == pytest.approx(metrics["probe"][0]["probability"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_fill_mask_reads_stdin_and_reports_lines_without_mask(pipeline):
     data_dir, _ = pipeline
     result = run_stage(["fill_mask.py", "--file", "-", "--top-k", "2"], data_dir, check=False,
@@ -73,12 +75,14 @@ def test_fill_mask_reads_stdin_and_reports_lines_without_mask(pipeline):
     assert "no [MASK] in 'no mask at all'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_stage_run_before_its_predecessor_says_what_to_run(tmp_path):
     result = run_stage(["model_training.py"], str(tmp_path), check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("run: python data_prep.py")
 
 
+@pytest.mark.slow
 def test_tfds_source_without_a_prepared_cache_is_one_line(tmp_path):
     result = run_stage(["data_prep.py", "--source", "tfds"], str(tmp_path), "split_seed=1", check=False,
                        environment=stage_environment(TFDS_DATA_DIR=str(tmp_path / "no-tfds")))

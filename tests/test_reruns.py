@@ -38,14 +38,17 @@ def test_rerunning_the_whole_pipeline_with_nothing_changed_does_nothing(trained)
 
 
 def test_a_run_made_before_a_config_key_existed_stays_current(trained_run, tmp_path):
-    """A manifest written by an older version lacks the keys added since (pipeline.ADDED_KEYS); it
-    counts as built with their defaults, which reproduce what that version did."""
+    """A manifest written by an older version lacks the keys added since (declared with an `upgrade`
+    value in config.py); it counts as built with those values, which reproduce what that version did."""
+    import config
     from imdb_bert import pipeline
 
     data_dir = copy_data(trained_run, tmp_path, with_runs=True)
     path = os.path.join(data_dir, "runs", "tiny", "manifest.json")
     older = manifest(data_dir, "runs", "tiny")
-    for key in pipeline.ADDED_KEYS:
+    added = pipeline.upgrade_values(config.make_config("tiny"))
+    assert {"objective", "steps_per_execution", "classifier_probe_first"} <= set(added)
+    for key in added:
         older["config"].pop(key, None)
     for old_name, new_name in pipeline.RENAMED_KEYS.items():   # and a renamed key under its old name
         older["config"][old_name] = older["config"].pop(new_name)
@@ -54,8 +57,15 @@ def test_a_run_made_before_a_config_key_existed_stays_current(trained_run, tmp_p
     assert "model_training: up to date" in run_stage(["model_training.py"], data_dir).stdout
     assert "predicted mask token" in run_stage(["fill_mask.py", "a [MASK] film"], data_dir).stdout
     # A key whose value changes what is trained still makes the run stale, named in the message.
-    one_line_error(run_stage(["frozen_probe.py"], data_dir, "objective=electra", check=False),
-                   "is stale", "objective 'mlm' but config says 'electra'")
+    one_line_error(run_stage(["lab/frozen_probe.py"], data_dir, "mask_rate=0.2", check=False),
+                   "is stale", "mask_rate 0.15 but config says 0.2")
+    # A run made with a value of a key this version no longer has (ELECTRA pretraining) is stale too.
+    older["config"]["objective"] = "electra"
+    with open(path, "w") as out:
+        json.dump(older, out)
+    one_line_error(run_stage(["fill_mask.py", "a [MASK] film"], data_dir, check=False),
+                   "is stale", "objective='electra', which this version no longer builds",
+                   "rerun python model_training.py --force")
 
 
 def test_force_redoes_an_up_to_date_stage(trained):

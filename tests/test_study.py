@@ -15,7 +15,7 @@ def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_da
     results, runs = str(tmp_path / "study.csv"), str(tmp_path / "runs")
     # seq64to128 trains on 128-token windows (tiny has 64) after 90% of its time on 64-token ones,
     # and is scored on 64-token dev windows, as a run of tiny's own length would be.
-    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.15", "--seeds", "1", "2", "--probe-labels", "60",
+    result = run_stage(["lab/study.py", "--preset", "tiny", "--minutes", "0.15", "--seeds", "1", "2", "--probe-labels", "60",
                         "--score-seq-len", "64", "--results", results, "seq64to128"],
                        data_dir, f"runs_dir={runs}", "steps_per_epoch=100000")   # no epoch end in the few seconds
     with open(results, newline="") as handle:
@@ -42,14 +42,14 @@ def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_da
 
 def test_study_refuses_an_unknown_variant_in_one_line(built_data, tmp_path):
     data_dir, _ = built_data
-    one_line_error(run_stage(["study.py", "--results", str(tmp_path / "s.csv"), "no_such"], data_dir, check=False),
+    one_line_error(run_stage(["lab/study.py", "--results", str(tmp_path / "s.csv"), "no_such"], data_dir, check=False),
                    "unknown variant 'no_such'", "study.py --list")
 
 
 def test_study_keep_finishes_the_run_for_evaluate(built_data, tmp_path):
     data_dir, _ = built_data
     results, runs = str(tmp_path / "study.csv"), str(tmp_path / "runs")
-    result = run_stage(["study.py", "--preset", "tiny", "--minutes", "0.02", "--probe-labels", "60", "--results", results, "--keep",
+    result = run_stage(["lab/study.py", "--preset", "tiny", "--minutes", "0.02", "--probe-labels", "60", "--results", results, "--keep",
                         "baseline"], data_dir, f"runs_dir={runs}")
     assert "token windows from" not in result.stdout   # one window length: no switch
     run_dir = os.path.join(runs, "study", "baseline-s1")
@@ -62,7 +62,7 @@ def test_study_keep_finishes_the_run_for_evaluate(built_data, tmp_path):
 
 def test_no_variant_builds_the_recipe_it_is_compared_with():
     import config
-    import study
+    from lab import study
 
     recipe = config.make_config("cpu", {}).as_dict()
     for name, overrides in study.VARIANTS.items():

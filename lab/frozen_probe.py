@@ -1,6 +1,6 @@
 """How much sentiment the frozen encoder holds, layer by layer: a cheap screen of representation quality.
 
-    python frozen_probe.py [--preset P] [--labels 2000]
+    python3 lab/frozen_probe.py [--preset P] [--labels 2000]
 
 Mean-pools each layer's hidden states over every real token of a review (the run's encoder, not
 trained further), fits a logistic regression on a class-balanced sample of --labels labelled
@@ -10,10 +10,14 @@ and appends one row per encoder to <runs_dir>/frozen_probe.csv.
 """
 
 import os
+import sys
 import time
 
-import config as config_module
-from imdb_bert import artifacts, pipeline
+# The lab imports the product (config.py, imdb_bert/) from the repository root, never the reverse.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import config as config_module  # noqa: E402
+from imdb_bert import artifacts, pipeline  # noqa: E402
 
 
 def main():
@@ -25,7 +29,8 @@ def main():
 
     import keras
 
-    from imdb_bert import linear_probe, probe, training, vocab
+    from imdb_bert import probe, training, vocab
+    from lab import linear_probe
     from imdb_bert.model import BertEncoder, ModelConfig
 
     keras.mixed_precision.set_global_policy(training.resolve_precision(config.mixed_precision))

@@ -1,6 +1,6 @@
-"""Copy a run's measured label curve into results/, where docs/render.py draws the tables from.
+"""Copy a run's measured label curve into results/, where lab/render.py draws the tables from.
 
-    python3 docs/record_curve.py runs/cpu-30min-bf16 --as cpu-30min-bf16 [--pretrain-minutes 30 --machine epyc-bf16]
+    python3 lab/record_curve.py runs/cpu-30min-bf16 --as cpu-30min-bf16 [--pretrain-minutes 30 --machine epyc-bf16]
                                  [--results results]
 
 Appends each row of <run>/label_curve/label_curve.csv to results/label_curve.csv under the name --as,

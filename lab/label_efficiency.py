@@ -272,7 +272,7 @@ def measure(plan: CurvePlan, fine_tuning, prepared: str, model_path: str, tokens
                 else:
                     masked_lm = (probe.load_model(model_path) if model_name == "pretrained"
                                  else build_masked_lm(model_config))
-                    model, best, _ = classifier.fine_tune(masked_lm, fine_tuning, tokens, train, dev, schedule.epochs,
+                    model, best, _ = classifier.fine_tune(masked_lm, fine_tuning, train, dev, schedule.epochs,
                                                           steps_per_epoch, verbose=0)
                     result = classifier.evaluate_picked(model, held_out, best)
                     how_trained = {"epochs": schedule.epochs, "passes_per_epoch": schedule.repeats,
@@ -344,12 +344,28 @@ def write(folder: str, rows: list[dict], title: str) -> None:
     plot(rows, os.path.join(folder, PLOT_NAME), title)
 
 
+def curve_dir(run_dir: str) -> str:
+    """Where a run's label curve is written: <run_dir>/label_curve/."""
+    return os.path.join(run_dir, "label_curve")
+
+
+LABEL_CURVE_HEADING = "## Sentiment against the number of labels"
+
+
+def report_section(table: str, image: str) -> str:
+    """The report's section on the label curve (label_curve.py): its table and its plot."""
+    return "\n".join([LABEL_CURVE_HEADING, "",
+                      "Held-out accuracy of the fine-tuned pretrained encoder, the same architecture trained from "
+                      "random weights, and a bag of words, each trained on the same class-balanced sample of "
+                      "labelled training reviews (mean over seeds, their range in brackets; label_curve.py):", "",
+                      table, "", f"![held-out accuracy against labels]({image})", ""])
+
+
 def refresh_report(run_dir: str) -> None:
     """Put the run's label curve (if it has one) into its report.md."""
     from imdb_bert import artifacts, report
 
-    folder = artifacts.label_curve_dir(run_dir)
+    folder = curve_dir(run_dir)
     if os.path.isfile(os.path.join(folder, artifacts.MANIFEST)):
-        report.put_section(run_dir, report.LABEL_CURVE_HEADING,
-                           report.label_curve_section(markdown_table(read_rows(folder)),
-                                                      os.path.join(os.path.basename(folder), PLOT_NAME)))
+        report.put_section(run_dir, LABEL_CURVE_HEADING,
+                           report_section(markdown_table(read_rows(folder)), os.path.join(os.path.basename(folder), PLOT_NAME)))

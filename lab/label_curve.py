@@ -1,7 +1,7 @@
 """Where pretraining pays: fine-tuned sentiment accuracy against the number of labelled reviews.
 
-    python label_curve.py [--preset P] [--labels 100,300,1000,3000,all] [--seeds 3] [--windows 8] [--passes 6000] [--force]
-    python label_curve.py --dev-only --labels 300,1000 --models pretrained,scratch --set classifier_encoder_rate=0.1
+    python3 lab/label_curve.py [--preset P] [--labels 100,300,1000,3000,all] [--seeds 3] [--windows 8] [--passes 6000] [--force]
+    python3 lab/label_curve.py --dev-only --labels 300,1000 --models pretrained,scratch --set classifier_learning_rate=1.5e-3
 
 For each label count, a class-balanced sample of the labelled training reviews (seeded; a seed's
 smaller samples are part of its larger ones) trains three models: the run's pretrained encoder
@@ -30,10 +30,15 @@ screening another encoder of the same shape costs only its own three fits per co
 """
 
 import os
+import sys
 import time
 
-import config as config_module
-from imdb_bert import artifacts, label_efficiency, pipeline
+# The lab imports the product (config.py, imdb_bert/) from the repository root, never the reverse.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import config as config_module  # noqa: E402
+from imdb_bert import artifacts, pipeline  # noqa: E402
+from lab import label_efficiency  # noqa: E402
 
 
 DEFAULT_LABELS = "100,300,1000,3000,all"
@@ -73,11 +78,11 @@ def main():
     plan = label_efficiency.CurvePlan(counts=tuple(counts), seeds=tuple(first_seed + index for index in range(seeds)),
                                  models=models, dev_only=options.dev_only, max_windows=windows, review_passes=passes,
                                  **{key: getattr(config, key) for key in label_efficiency.PLAN_KEYS})
-    identity = pipeline.stage_identity(config, pipeline.CLASSIFIER_KEYS, {"run": run_manifest["fingerprint"]})
+    identity = pipeline.stage_identity(config, pipeline.stage_keys(config, "classifier"), {"run": run_manifest["fingerprint"]})
     identity["config"].update(labels=[str(count) for count in counts], seeds=list(plan.seeds), models=list(models),
                               windows=windows, passes=passes)
-    folder = artifacts.label_curve_dir(config.run_dir)
-    if not options.dev_only and pipeline.skip_if_up_to_date("label_curve", folder, identity, options.force):
+    folder = label_efficiency.curve_dir(config.run_dir)
+    if not options.dev_only and pipeline.skip_if_up_to_date("label_curve", folder, identity, options.force, config):
         return
 
     import keras
@@ -110,7 +115,7 @@ def main():
         study = os.path.join(config.runs_dir, "label_curve_study.csv")
         for row in rows:
             artifacts.append_row(study, {"run": os.path.basename(config.run_dir), "run_fingerprint": run_manifest["fingerprint"],
-                                         **{key: getattr(config, key) for key in pipeline.CLASSIFIER_KEYS},
+                                         **{key: getattr(config, key) for key in pipeline.stage_keys(config, "classifier")},
                                          "windows": windows, **row,
                                          "date": time.strftime("%Y-%m-%d")})
         print(label_efficiency.markdown_table(rows))
@@ -128,7 +133,8 @@ def record_pays(config, options, run_manifest, plan, rows, seconds) -> None:
     """Print the pays-check's verdict line and append its summary row to --rows."""
     import json
 
-    from imdb_bert import distribute, label_efficiency
+    from imdb_bert import distribute
+    from lab import label_efficiency
 
     verdict = label_efficiency.pays_verdict(rows, [count for count in plan.counts if count != "all"])
     print(f"label_curve: {label_efficiency.verdict_line(verdict)}")

@@ -20,11 +20,27 @@ DEV_REVIEWS = 2000   # a class-balanced sample of the labelled dev reviews score
 SAMPLE_SEED = 0      # one training sample for every run probed, whatever its own seed
 
 
+def representation_layers(encoder: keras.Model) -> list[str]:
+    """The encoder's representation after the embeddings, after each block and (pre-LN) after the final norm."""
+    names = [layer.name for layer in encoder.layers
+             if layer.name in ("position_embedding", "embedding_norm") or layer.name.startswith("block_")
+             or layer.name == "final_norm"]
+    if "embedding_norm" in names:
+        names.remove("position_embedding")
+    return names
+
+
+def representation_model(encoder: keras.Model) -> tuple[list[str], keras.Model]:
+    """(`representation_layers`, a model sharing the encoder's weights that returns each of their outputs)."""
+    names = representation_layers(encoder)
+    return names, keras.Model(encoder.input, [encoder.get_layer(name).output for name in names], name="encoder_layers")
+
+
 def review_sets(prepared: str, tokenizer, labels: int, max_seq_len: int, max_windows: int, head_tail: bool,
                 batch_size: int, seed: int = SAMPLE_SEED) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """(train, dev) batches of (windows, label): a class-balanced sample of `labels` labelled training
     reviews (label_efficiency.balanced_sample) and a class-balanced sample of DEV_REVIEWS labelled dev reviews."""
-    from imdb_bert import label_efficiency
+    from lab import label_efficiency
 
     reviews = classifier.labelled_reviews(prepared, "train")
     every_label = label_efficiency.labels_of(reviews)
@@ -38,7 +54,7 @@ def review_sets(prepared: str, tokenizer, labels: int, max_seq_len: int, max_win
 
 def review_features(encoder: keras.Model, batches: tf.data.Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({layer name: [reviews, hidden] mean-pooled features}, labels) of (windows, label) batches."""
-    names, layers_model = classifier.representation_model(encoder)
+    names, layers_model = representation_model(encoder)
     pool = classifier.MeanOverReview()
 
     @tf.function(reduce_retracing=True)

@@ -1,8 +1,8 @@
 """Render the study tables in docs/*.md and README.md from the CSV files in results/, so no figure is retyped.
 
-    python3 docs/render.py            rewrite every rendered block in docs/*.md and README.md
-    python3 docs/render.py --check    exit 1 if a block is not what the CSVs give (for the tests)
-    python3 docs/render.py --plots    also redraw the plots made from results/ (PLOTS)
+    python3 lab/render.py            rewrite every rendered block in docs/*.md and README.md
+    python3 lab/render.py --check    exit 1 if a block is not what the CSVs give (for the tests)
+    python3 lab/render.py --plots    also redraw the plots made from results/ (PLOTS)
 
 A block is the text between `<!-- render KIND CSV [FILTER=VALUE ...] -->` and `<!-- /render -->`;
 KIND is one of RENDERERS below, CSV a path from the repository's root, and each FILTER=VALUE keeps
@@ -27,7 +27,7 @@ BLOCK = re.compile(r"(<!-- render (\S+) (\S+)((?: \S+=\S+)*) -->\n)(.*?)(<!-- /r
 
 
 def label_curve_table(rows: list[dict]) -> str:
-    from imdb_bert import label_efficiency
+    from lab import label_efficiency
 
     return label_efficiency.markdown_table(rows)
 
@@ -102,6 +102,31 @@ def pretraining_curve_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def time_to_pay_table(rows: list[dict], counts=("300", "1000"), lead: float = 0.05) -> str:
+    """From results/pretraining_curve.csv rows: each encoder's minutes and steps against its lead over
+    the model from scratch at 300 and 1,000 labels (means over seeds), and whether it pays there: a lead
+    of at least `lead` with its worst seed above scratch's best, at both counts."""
+    points = pretraining_curve_points(rows)
+    minutes = sorted({key[0] for key in points if isinstance(key[0], float)})
+    lines = ["| pretraining minutes | steps | " + " | ".join(f"lead at {int(count):,} labels" for count in counts)
+             + " | pays |", "|" + " --- |" * (3 + len(counts))]
+    for where in minutes:
+        cells, pays = [], True
+        for count in counts:
+            if (where, count) not in points or ("scratch", count) not in points:
+                cells.append("—")
+                pays = False
+                continue
+            pretrained, scratch = points[(where, count)][0], points[("scratch", count)][0]
+            difference = mean(pretrained) - mean(scratch)
+            beyond = min(pretrained) > max(scratch)
+            cells.append(f"{difference:+.3f}" + (" (beyond the seeds' range)" if beyond else ""))
+            pays = pays and beyond and difference >= lead
+        steps = next(points[(where, count)][1]["optimizer_steps"] for count in counts if (where, count) in points)
+        lines.append(f"| {where:g} | {int(steps):,} | " + " | ".join(cells) + f" | {'yes' if pays else 'no'} |")
+    return "\n".join(lines)
+
+
 def plot_pretraining_curve(rows: list[dict], path: str) -> None:
     """Held-out sentiment against the optimizer steps of pretraining (each point marked with its
     minutes: a machine's step rate varies between sittings, so steps are the comparable axis), one line
@@ -136,12 +161,6 @@ def plot_pretraining_curve(rows: list[dict], path: str) -> None:
     plt.close(figure)
 
 
-def plot_label_curve(rows: list[dict], path: str) -> None:
-    from imdb_bert import label_efficiency
-
-    label_efficiency.plot(rows, path, f"run {rows[0]['run']}: sentiment against labels")
-
-
 def rows_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """Every column (or the `columns`) of every row, as it is in the CSV."""
     header = columns or (list(rows[0]) if rows else [])
@@ -150,21 +169,12 @@ def rows_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 RENDERERS = {"label_curve": label_curve_table, "label_screen": label_screen_table, "frozen_probe": frozen_probe_table,
-             "study": study_table, "rows": rows_table, "pretraining_curve": pretraining_curve_table}
+             "study": study_table, "rows": rows_table, "pretraining_curve": pretraining_curve_table,
+             "time_to_pay": time_to_pay_table}
 # Plots --plots redraws: (CSV, {column: value} of the rows plotted, PNG, plotting function).
-PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-avx2"}, "docs/pretraining_curve_cpu.png",
-          "plot_pretraining_curve"),
-         ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "2000"},
-          "docs/pretraining_curve_cpu_bf16.png", "plot_pretraining_curve"),
-         ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "6000", "windows": "2|all"},
-          "docs/pretraining_curve_cpu_bf16_6000.png", "plot_pretraining_curve"),
-         ("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "6000", "windows": "8|all",
-                                            "labels": "100|300|1000|all"},
-          "docs/pretraining_curve_cpu_bf16_8windows.png", "plot_pretraining_curve"),
-         ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000", "windows": "2|all"},
-          "docs/label_curve_cpu_bf16.png", "plot_label_curve"),
-         ("results/label_curve.csv", {"run": "cpu-15min-bf16", "review_passes": "6000", "windows": "8|all"},
-          "docs/label_curve_cpu_bf16_8windows.png", "plot_label_curve")]
+PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_passes": "6000", "windows": "8|all",
+                                           "labels": "100|300|1000|all"},
+          "docs/pretraining_curve_cpu_bf16_8windows.png", "plot_pretraining_curve")]
 
 
 def matches(row: dict, column: str, value: str) -> bool:
@@ -213,7 +223,7 @@ def main() -> int:
                 with open(path, "w", encoding="utf-8") as out:
                     out.write(rendered)
     if arguments.check and stale:
-        print(f"not rendered from results/: {', '.join(stale)} — run python3 docs/render.py", file=sys.stderr)
+        print(f"not rendered from results/: {', '.join(stale)} — run python3 lab/render.py", file=sys.stderr)
         return 1
     print(("rendered: " + ", ".join(stale)) if stale else "every rendered table is current")
     return 0

@@ -1,17 +1,17 @@
 """The pretraining recipe study: variants of the cpu recipe trained for the same minutes (the
 training stage's wall clock, as in model_training.py) and scored on the dev split, so that the choice never looks at the held-out reviews.
 
-    python study.py baseline mask25 linear --minutes 5 --seeds 1 2 3     train and score, one row each
-    python study.py --table                                              mean and spread per variant
-    python study.py --list                                               the variants and their settings
-    python study.py baseline seq64 --minutes 12 --seeds 1 --keep         also keep each run for evaluate.py
-    python study.py seq128 seq64to128 --score-seq-len 64                 score other window lengths on 64-token windows
+    python3 lab/study.py baseline mask25 linear --minutes 5 --seeds 1 2 3     train and score, one row each
+    python3 lab/study.py --table                                              mean and spread per variant
+    python3 lab/study.py --list                                               the variants and their settings
+    python3 lab/study.py baseline seq64 --minutes 12 --seeds 1 --keep         also keep each run for evaluate.py
+    python3 lab/study.py seq128 seq64to128 --score-seq-len 64                 score other window lengths on 64-token windows
 
 A variant is a few `--set`s on top of the recipe under study (default: the cpu preset; `--preset`
 and `--set` change it as in every stage). Each run trains like model_training.py (same steps, same
 time budget) in <runs_dir>/study/, is scored under evaluate.py's fixed protocol (15% masked,
 80/10/10, fixed seed) on the first DEV_WINDOWS windows of the dev split and by the frozen-encoder
-probe (imdb_bert/linear_probe.py: the best layer's dev accuracy), and appends one row to
+probe (lab/linear_probe.py: the best layer's dev accuracy), and appends one row to
 results/study.csv as soon as it ends; its folder is then deleted, unless --keep: then the run is
 finished as model_training.py finishes one (held-out metrics, report, exports) in
 <runs_dir>/study/<variant>-s<seed>, for `evaluate.py --compare` of the final figures (the choice
@@ -31,8 +31,11 @@ import subprocess
 import sys
 import time
 
-import config as config_module
-from imdb_bert import artifacts, pipeline
+# The lab imports the product (config.py, imdb_bert/) from the repository root, never the reverse.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import config as config_module  # noqa: E402
+from imdb_bert import artifacts, pipeline  # noqa: E402
 
 RESULTS = os.path.join("results", "study.csv")
 DEV_WINDOWS = 2000
@@ -61,9 +64,6 @@ VARIANTS = {
     "batch128": {"batch_size": "128", "learning_rate": "2.83e-3"},
     "dropout0.1": {"dropout": "0.1"},
     "no_bias": {"use_bias": "false"},
-    # Replaced-token detection (ELECTRA, Clark et al. 2020): its paper's 15% masking, and the recipe's 30%.
-    "electra": {"objective": "electra", "mask_rate": "0.15"},
-    "electra_mask30": {"objective": "electra"},
 }
 
 
@@ -72,7 +72,8 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
     """One run of `variant` on top of the recipe `preset` + `overrides` (in this process): train for
     `minutes`, score on the dev split cut into windows of `score_seq_len` tokens (default: the run's
     own max_seq_len; runs of different window lengths answer the same questions at a common one)."""
-    from imdb_bert import evaluation, inputs, linear_probe, pretraining, probe
+    from imdb_bert import evaluation, inputs, pretraining, probe, report
+    from lab import linear_probe
 
     recipe_minutes = config_module.make_config(preset, overrides).train_minutes or minutes
     recipe = config_module.make_config(preset, {**overrides, **VARIANTS[variant], "train_minutes": str(recipe_minutes)})
@@ -100,7 +101,8 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
         artifacts.prepared_dir(config.data_dir), run.tokenizer, probe_labels, config.max_seq_len,
         config.classifier_max_windows, config.classifier_windows == "head_tail", config.batch_size)))
     if keep:
-        pretraining.publish(run, pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES))
+        pretraining.publish(run, pretraining.evaluate(run, config_module.PRESET_VOCAB_SIZES),
+                            report.read_references(config_module.REFERENCES_CSV))
     else:
         shutil.rmtree(run.work)
     return {"variant": variant, "recipe": " ".join([preset, *(f"{k}={v}" for k, v in overrides.items())]), "seed": seed, "minutes": minutes,
@@ -114,13 +116,13 @@ def train_and_score(preset: str, overrides: dict, variant: str, seed: int, minut
 def table(path: str) -> str:
     """Mean, spread and count of the dev accuracy per (recipe, variant, minutes), best first."""
     if not os.path.isfile(path):
-        raise artifacts.StageError(f"no results yet in {path}: run python study.py VARIANT first")
+        raise artifacts.StageError(f"no results yet in {path}: run python3 lab/study.py VARIANT first")
     with open(path, newline="", encoding="utf-8") as handle:
         return table_of(list(csv.DictReader(handle)))
 
 
 def table_of(rows: list[dict]) -> str:
-    """The table of `table` for rows already read (docs/render.py renders docs from them)."""
+    """The table of `table` for rows already read (lab/render.py renders docs from them)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["recipe"], float(row["minutes"]), int(row["dev_seq_len"]), row["variant"]), []).append(row)
@@ -173,7 +175,7 @@ def main():
             print(f"{name:<14} {values or 'the cpu preset'}")
     unknown = [name for name in arguments.variants if name not in VARIANTS]
     if unknown:
-        raise config_module.ConfigError(f"unknown variant {unknown[0]!r}; python study.py --list shows them")
+        raise config_module.ConfigError(f"unknown variant {unknown[0]!r}; python3 lab/study.py --list shows them")
     if arguments.minutes <= 0:
         raise config_module.ConfigError(f"--minutes must be positive, got {arguments.minutes}")
     if arguments.one:
