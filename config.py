@@ -102,8 +102,8 @@ class Config:
     short_seq_share: float = key(0.9)         # first short_seq_share of the time, then max_seq_len (BERT
                                               # pretrained 90% of its steps at 128 tokens, then 512)
     steps_per_epoch: int = key(500)           # 0: one full pass over the training windows
-    dev_batches: int = key(30)                # per-epoch validation on this fixed subset of the dev split
-                                              # (0: all); the final metrics use the whole held-out split
+    dev_batches: int = key(30)                # per-epoch validation on the first dev_batches x batch_size dev
+                                              # windows (0: all); the final figures read the held-out split
     learning_rate: float = key(1.41e-3)       # the peak, reached after warm-up, in every schedule
     lr_schedule: str = key("linear")          # cosine | linear (warm-up, then that decay to zero) | transformer
     warmup_steps: int = key(300)              # steps of linear warm-up to the peak

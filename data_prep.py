@@ -19,7 +19,7 @@ from imdb_bert import artifacts, corpus, pipeline
 def main():
     config, options = config_module.load_stage_config(__doc__, shorthands=("source",))
     source, raw_folder, raw_manifest = pipeline.find_raw(config.source, config.data_dir)
-    identity = pipeline.stage_identity(config, pipeline.DATA_PREP_KEYS,
+    identity = pipeline.stage_identity(config, pipeline.stage_keys(config, "data_prep"),
                                        pipeline.current_raw_inputs(source, config.data_dir))
     output = artifacts.prepared_dir(config.data_dir)
     if pipeline.skip_if_up_to_date("data_prep", output, identity, options.force, config):

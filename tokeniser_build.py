@@ -18,7 +18,7 @@ def main():
     config, options = config_module.load_stage_config(__doc__)
     prepared = artifacts.prepared_dir(config.data_dir)
     prepared_manifest = pipeline.current_prepared(config)
-    identity = pipeline.stage_identity(config, pipeline.VOCAB_KEYS, {"prepared": prepared_manifest["fingerprint"]})
+    identity = pipeline.stage_identity(config, pipeline.stage_keys(config, "vocab"), {"prepared": prepared_manifest["fingerprint"]})
     output = artifacts.vocab_dir(config.data_dir)
     if pipeline.skip_if_up_to_date("tokeniser_build", output, identity, options.force, config):
         return
