@@ -47,7 +47,7 @@ def test_a_run_made_before_a_config_key_existed_stays_current(trained_run, tmp_p
     path = os.path.join(data_dir, "runs", "tiny", "manifest.json")
     older = manifest(data_dir, "runs", "tiny")
     added = pipeline.upgrade_values(config.make_config("tiny"))
-    assert {"objective", "steps_per_execution", "classifier_probe_first"} <= set(added)
+    assert {"steps_per_execution", "classifier_probe_first"} <= set(added)
     for key in added:
         older["config"].pop(key, None)
     for old_name, new_name in pipeline.RENAMED_KEYS.items():   # and a renamed key under its old name
