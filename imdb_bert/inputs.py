@@ -223,6 +223,19 @@ def shard_by_batch(batches: tf.data.Dataset) -> tf.data.Dataset:
     return batches.with_options(options)
 
 
+def released_promptly(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with tf.data's autotuning off, for data Keras reads afresh each epoch.
+
+    The autotuning thread of an iterator sleeps ever longer between rounds (up to a minute), and
+    deleting the iterator waits out the sleep (`python3 lab/iterator_teardown.py` measures it). Keras
+    deletes a validation pass's iterator at the next pass, and an epoch's training iterator at the
+    next epoch when `fit` has no `steps_per_epoch`: each deletion stalled training for up to as long
+    as the epoch had taken."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def validation_dataset(windows: tf.data.Dataset, masker, batch_size: int, max_seq_len: int,
                        seed: int) -> tf.data.Dataset:
     """Validation batches with one fixed masking: window number i is masked alone with the stateless
@@ -233,11 +246,11 @@ def validation_dataset(windows: tf.data.Dataset, masker, batch_size: int, max_se
                                            tf.stack([tf.cast(seed, tf.int64), index]))
         return {name: value[0] for name, value in features.items()}, labels[0], weights[0]
 
-    return shard_by_batch(batch_by_length(windows.enumerate().map(mask_one, num_parallel_calls=tf.data.AUTOTUNE),
-                                          lambda features, labels, weights: tf.size(features["input_ids"]),
-                                          batch_size, max_seq_len)
-                          .cache()
-                          .prefetch(tf.data.AUTOTUNE))
+    return released_promptly(shard_by_batch(
+        batch_by_length(windows.enumerate().map(mask_one, num_parallel_calls=tf.data.AUTOTUNE),
+                        lambda features, labels, weights: tf.size(features["input_ids"]), batch_size, max_seq_len)
+        .cache()
+        .prefetch(tf.data.AUTOTUNE)))
 
 
 def encode_phrases(tokenizer, phrases: tf.Tensor) -> tf.RaggedTensor:

@@ -100,10 +100,7 @@ def start(config, identity: dict, force: bool, cloze_vocab_sizes: list[int] | No
     run.masking = pipeline.settings(inputs.MaskingConfig, config)
     run.continuation = [token.startswith("##") for token in run.tokens]
     run.masker = inputs.make_masker(len(run.tokens), run.masking, continuation=run.continuation)
-    # The per-epoch check reads a fixed subset of the dev windows to its end: reading only the first
-    # batches of the whole split (`validation_steps`) left its pipeline in flight, and its teardown,
-    # when Keras dropped the iterator before the next validation, stalled the run every few epochs
-    # for as long as the epoch's steps took.
+    # The per-epoch check: the same first dev_batches x batch_size dev windows each epoch, read to their end.
     checked = run.dev_windows.take(config.dev_batches * config.batch_size) if config.dev_batches else run.dev_windows
     run.dev_data = inputs.validation_dataset(checked, run.masker, config.batch_size, config.max_seq_len, config.seed)
     # A full pass rounded down to whole calls of the train step (steps_per_execution steps each).

@@ -251,7 +251,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.test_started, self.test_batches = time.perf_counter(), 0
 
     def on_test_batch_end(self, batch, logs=None):
-        self.test_batches += 1
+        self.test_batches = batch + 1   # with steps_per_execution, one call ends at batch `batch`
 
     def on_test_end(self, logs=None):
         if self.test_batches:

@@ -215,6 +215,7 @@ def random_batches(rows=8, length=16, slots=3):
                                          np.ones((rows, slots), np.float32))).repeat()
 
 
+@pytest.mark.slow   # trains for seconds of wall clock by design
 def test_a_time_budget_keeps_back_the_time_of_the_final_evaluation_and_exports():
     """The steps stop when the clock reaches the budget less what the evaluation and exports will take."""
     masked_lm = masked_lm_for(config.make_config("tiny", {"train_minutes": "0.05"}), VOCAB, total_steps=10)
@@ -225,6 +226,7 @@ def test_a_time_budget_keeps_back_the_time_of_the_final_evaluation_and_exports()
     assert budget.state()["first_step_seconds"] is not None
 
 
+@pytest.mark.slow   # trains for seconds of wall clock by design
 def test_one_slow_early_step_does_not_end_a_short_budget():
     """A 12-second budget keeping back 20 batches of evaluation: the reserve is reckoned from the
     median of the first steps, so one slow second step (2 s, as when the input pipeline fills its
@@ -237,6 +239,7 @@ def test_one_slow_early_step_does_not_end_a_short_budget():
     assert budget.step > 20 and budget.clock() > 6.0   # past the 10 steps the median is taken over
 
 
+@pytest.mark.slow   # trains for seconds of wall clock by design
 def test_a_time_limited_run_checkpoints_by_the_clock(tmp_path):
     from imdb_bert import resume
 
@@ -274,8 +277,9 @@ def test_a_time_budget_stops_training_and_decays_the_rate_to_zero_over_the_time(
 
 
 def test_several_steps_per_call_are_counted_as_steps_by_the_budget_checkpoints_and_rate(tmp_path):
-    """With steps_per_execution=5 Keras calls the batch callbacks once per 5 steps: the time budget,
-    the checkpoint's position and the tokens-per-second rate count the optimizer's steps, not the calls."""
+    """With steps_per_execution=5 Keras calls the batch callbacks once per 5 steps (and per 5 batches of
+    validation): the time budget, the checkpoint's position and the tokens-per-second rate count the
+    optimizer's steps, and the budget the validation batches, not the calls."""
     from imdb_bert import monitoring, resume
 
     masked_lm = masked_lm_for(config.make_config("tiny", {"steps_per_execution": "5", "train_minutes": "1"}), VOCAB,
@@ -289,8 +293,10 @@ def test_several_steps_per_call_are_counted_as_steps_by_the_budget_checkpoints_a
 
     checkpoint = Recorded(str(tmp_path), every_steps=10)
     checkpoint.saved = []
-    history = masked_lm.fit(random_batches(), steps_per_epoch=30, epochs=2, verbose=0, callbacks=[budget, rate, checkpoint])
+    history = masked_lm.fit(random_batches(), steps_per_epoch=30, epochs=2, verbose=0, callbacks=[budget, rate, checkpoint],
+                            validation_data=random_batches().take(20))
     assert int(keras.ops.convert_to_numpy(masked_lm.optimizer.iterations)) == 60 == budget.step
+    assert budget.test_batches == 20   # the time per validation batch the reserve is reckoned from
     # Every 10 steps (the epoch's last step among them, as with one step per call), and at each epoch's end.
     assert checkpoint.saved == [(0, 10, 10), (0, 20, 20), (0, 30, 30), (1, 0, 30), (1, 10, 40), (1, 20, 50), (1, 30, 60),
                                 (2, 0, 60)]
