@@ -117,8 +117,7 @@ def train(config, identity, folder, compare, splits, dev_only=False):
             keras.utils.set_random_seed(config.seed)
             scratch = build_masked_lm(pipeline.settings(ModelConfig, config, vocab_size=len(tokens)))
             metrics["same_architecture_from_scratch"] = fine_tune("scratch", scratch, work)[1]
-            metrics["bag_of_words_logistic_regression"] = classifier.bag_of_words_baseline(
-                prepared, config.bag_of_words_epochs, config.seed)
+            metrics["bag_of_words_logistic_regression"] = classifier.bag_of_words_baseline(prepared)
         model.save(os.path.join(work, "classifier.keras"))
         export.save(export.ClassifyExport(model, tokens, config.max_seq_len, config.classifier_max_windows, head_tail),
                     "classify", os.path.join(work, artifacts.SENTIMENT_EXPORT), max_seq_len=config.max_seq_len,

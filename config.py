@@ -132,7 +132,6 @@ class Config:
                                               # (LP-FT), not from a random one
     classifier_dropout: float = key(0.1, "classifier")   # on the pooled review vector before the logit
     classifier_weight_decay: float = key(0.01, "classifier", upgrade=0.01)   # AdamW's, while fine-tuning
-    bag_of_words_epochs: int = key(4, "classifier", upgrade=4)   # the --compare-scratch bag of words' passes
 
     # Probing after each epoch.
     probe_phrases: tuple = key(("i have watched this [MASK] and it was awesome",), None)
@@ -146,7 +145,7 @@ class Config:
         """Raise ValueError naming the first value that cannot work."""
         positive = ["num_shards", "vocab_size", "max_seq_len", "hidden_size", "num_heads",
                     "ffn_size", "num_layers", "batch_size", "epochs", "top_k", "classifier_epochs",
-                    "classifier_max_windows", "classifier_learning_rate", "bag_of_words_epochs"]
+                    "classifier_max_windows", "classifier_learning_rate"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -35,8 +35,8 @@ def main():
         if not arguments.runs:
             raise artifacts.StageError(f"--compare found no finished run folder among the {len(skipped)} paths given; "
                                        f"train one first: {pipeline.COMMANDS['model_training']}")
-    for run_dir in arguments.runs:
-        pipeline.read_run(run_dir)   # every folder is refused in one line before any TensorFlow work
+    # every folder is refused in one line before any TensorFlow work
+    manifests = {run_dir: pipeline.read_run(run_dir, config_module.Config) for run_dir in arguments.runs}
 
     from imdb_bert import evaluation, probe, report, resume
 
@@ -44,7 +44,7 @@ def main():
     rows = []
     for run_dir in arguments.runs:
         started = time.time()
-        row = evaluation.evaluate_run(run_dir, config_module.PRESET_VOCAB_SIZES)
+        row = evaluation.evaluate_run(run_dir, manifests[run_dir], config_module.PRESET_VOCAB_SIZES)
         report.write(run_dir, report.render(row["name"], row["preset"], row, row["settings"],
                                             probe.read_probe_history(os.path.join(run_dir, resume.PROBE_HISTORY)),
                                             os.path.isfile(os.path.join(run_dir, "curves.png")), references))

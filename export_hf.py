@@ -30,7 +30,7 @@ def main():
     config_module.add_config_arguments(parser)
     args = parser.parse_args()
     run_dir = args.run or config_module.config_from_args(args).run_dir
-    manifest = pipeline.read_run(run_dir, " (or pass --run FOLDER)")
+    manifest = pipeline.read_run(run_dir, config_module.Config, " (or pass --run FOLDER)")
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         run_config = json.load(handle)
     reason = hf_export.unsupported(run_config)

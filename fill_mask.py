@@ -28,7 +28,7 @@ def main():
         raise artifacts.StageError(f"--top-k must be a positive number of fills, got {args.top_k}")
     sentences = artifacts.texts_from_command_line(args.sentences, args.file, "sentence")
     run_dir = args.run or config_module.config_from_args(args).run_dir
-    pipeline.read_run(run_dir, " (or pass --run FOLDER)")   # a missing, old or damaged folder is refused before TensorFlow is imported
+    pipeline.read_run(run_dir, config_module.Config, " (or pass --run FOLDER)")   # a missing, old or damaged folder is refused before TensorFlow is imported
     from imdb_bert import probe
 
     model, tokenizer, tokens, run_config = probe.load_run(run_dir)

@@ -56,8 +56,8 @@ def batches(windows: tf.data.Dataset, batch_size: int, longest: int, shuffle_see
     is the most ids a review holds); shuffled each epoch when `shuffle_seed` is given."""
     if shuffle_seed is not None:
         windows = windows.shuffle(25_000, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return (inputs.batch_by_length(windows, lambda review, label: tf.size(review), batch_size, longest)
-            .prefetch(tf.data.AUTOTUNE))
+    return inputs.released_promptly(inputs.batch_by_length(windows, lambda review, label: tf.size(review),
+                                                           batch_size, longest).prefetch(tf.data.AUTOTUNE))
 
 
 @keras.saving.register_keras_serializable(package="imdb_bert")
@@ -137,31 +137,23 @@ def evaluate_picked(model: keras.Model, held_out: tf.data.Dataset, picked: keras
     return {**evaluate(model, held_out), "epoch_picked_on_dev": picked.best_epoch + 1, "dev_accuracy": float(picked.best)}
 
 
-def bag_of_words_model(train_texts: tf.data.Dataset, max_tokens: int = 30_000, learning_rate: float = 1e-3) -> keras.Model:
-    """Logistic regression on TF-IDF of words and word pairs (Keras `TextVectorization` + one Dense)."""
-    vectorizer = layers.TextVectorization(max_tokens=max_tokens, ngrams=2, output_mode="tf_idf",
-                                          name="tf_idf")
-    vectorizer.adapt(train_texts.batch(1024))
-    texts = keras.Input(shape=(), dtype="string", name="text")
-    logit = layers.Dense(1, kernel_regularizer=keras.regularizers.L2(1e-6), name="sentiment")(vectorizer(texts))
-    model = keras.Model(texts, ops.squeeze(logit, -1), name="bag_of_words")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)])
-    return model
-
-
 def evaluate(model: keras.Model, data: tf.data.Dataset) -> dict:
-    """Accuracy, mean loss and confusion matrix of a logit model on (inputs, label) batches.
-
-    The confusion matrix rows are the true labels (negative, positive), columns the predictions.
-    """
+    """`scores` of a logit model on (inputs, label) batches."""
     labels, logits = [], []
     for features, label in data:
         # Keras's compiled predict step, kept on the model: called eagerly, the model spends most of a
         # scoring pass in Python.
         logits.append(np.asarray(model.predict_on_batch(features)).reshape(-1))
         labels.append(label.numpy().reshape(-1))
-    labels, logits = np.concatenate(labels), np.concatenate(logits).astype(np.float64)
+    return scores(np.concatenate(labels), np.concatenate(logits))
+
+
+def scores(labels: np.ndarray, logits: np.ndarray) -> dict:
+    """Accuracy, mean loss and confusion matrix of logits (> 0: positive) against 0/1 labels.
+
+    The confusion matrix rows are the true labels (negative, positive), columns the predictions.
+    """
+    logits = logits.astype(np.float64)
     predicted = (logits > 0).astype(np.int64)
     # Binary cross-entropy from logits, computed stably.
     loss = np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits))))
@@ -227,26 +219,36 @@ def fit_head_on_frozen_encoder(model: SentimentClassifier, train: tf.data.Datase
     model.get_layer("sentiment").set_weights([kernel[:, None].astype("float32"), np.array([bias], "float32")])
 
 
-def fit_bag_of_words(train_reviews: tf.data.Dataset, dev_reviews: tf.data.Dataset, epochs: int, seed: int,
-                     verbose: int = 2, learning_rate: float = 1e-3):
-    """The bag of words fitted on (text, label) `train_reviews` (its vocabulary from them too), with the
-    epoch of the best dev accuracy kept: (model, the `best_epoch_on_dev` callback)."""
-    train_reviews = train_reviews.cache()
-    model = bag_of_words_model(train_reviews.map(lambda text, label: text), learning_rate=learning_rate)
-    best = best_epoch_on_dev(epochs)
-    model.fit(train_reviews.shuffle(25_000, seed=seed).batch(64), validation_data=dev_reviews.batch(256),
-              epochs=epochs, verbose=verbose, shuffle=False, callbacks=[best])
-    return model, best
+def texts_and_labels(reviews: tf.data.Dataset) -> tuple[list[str], np.ndarray]:
+    """The (text, label) reviews as a list of strings and an array of 0/1 labels."""
+    pairs = [(text.decode("utf-8"), int(label)) for text, label in reviews.as_numpy_iterator()]
+    return [text for text, _ in pairs], np.array([label for _, label in pairs], np.int64)
 
 
-def bag_of_words_baseline(prepared: str, epochs: int, seed: int) -> dict:
-    """The bag of words fitted on the train split, its epoch picked on dev, scored on the held-out reviews."""
-    train, dev, held_out = (labelled_reviews(prepared, split) for split in SPLITS)
-    print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression")
-    model, best = fit_bag_of_words(train, dev, epochs, seed)
-    result = evaluate_picked(model, held_out.batch(256), best)
-    print(f"classifier_training: bag of words: epoch {best.best_epoch + 1} picked on dev; held-out accuracy "
-          f"{result['accuracy']:.4f}")
+def fit_bag_of_words(reviews: tf.data.Dataset):
+    """Logistic regression on TF-IDF of words and word pairs (scikit-learn), vocabulary and weights
+    fitted on the (text, label) `reviews`: L-BFGS to convergence, no rate or epochs to choose."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), max_features=30_000, sublinear_tf=True),
+                          LogisticRegression(max_iter=1_000))
+    return model.fit(*texts_and_labels(reviews))
+
+
+def evaluate_bag_of_words(model, reviews: tf.data.Dataset) -> dict:
+    """`scores` of a fitted bag of words on (text, label) reviews."""
+    texts, labels = texts_and_labels(reviews)
+    return scores(labels, model.decision_function(texts))
+
+
+def bag_of_words_baseline(prepared: str) -> dict:
+    """The bag of words fitted on the train split and scored on the held-out reviews."""
+    print("classifier_training: bag of words: TF-IDF of words and word pairs + logistic regression (scikit-learn)")
+    result = evaluate_bag_of_words(fit_bag_of_words(labelled_reviews(prepared, "train")),
+                                   labelled_reviews(prepared, "validation"))
+    print(f"classifier_training: bag of words: held-out accuracy {result['accuracy']:.4f}")
     return result
 
 

@@ -182,12 +182,11 @@ def scores_of(model, tokenizer, tokens: list[str], validation_windows, cloze: li
             **cloze_scores(model, tokenizer, tokens, cloze, max_seq_len)}
 
 
-def evaluate_run(run_dir: str, vocab_sizes: list[int]) -> dict:
+def evaluate_run(run_dir: str, manifest: dict, vocab_sizes: list[int]) -> dict:
     """Everything `evaluate.py` reports of a finished run folder: its held-out scores, the sentiment
     accuracy when classifier/ exists, and the settings it was trained with."""
-    from imdb_bert import inputs, pipeline, probe
+    from imdb_bert import inputs, probe
 
-    manifest = pipeline.read_run(run_dir)
     model, tokenizer, tokens, settings = probe.load_run(run_dir)
     prepared = check_run_data(run_dir, manifest, settings["data_dir"], len(tokens))
     cloze = ensure_cloze_set(settings["data_dir"], prepared["fingerprint"], vocab_sizes,

@@ -211,16 +211,21 @@ def current_run(config) -> dict:
                         training_identity(config)["inputs"])
 
 
-def read_run(run_dir: str, other_run: str = "") -> dict:
-    """The manifest of a finished training run, refused in one line if it is missing or was saved
-    in an older model format than this code reads. `other_run` says how the calling command names
-    another run folder (its own flag), for the message."""
+def read_run(run_dir: str, config, other_run: str = "") -> dict:
+    """The manifest of a finished training run, refused in one line if it is missing, was saved in an
+    older model format than this code reads, or was made with a value of a key this version no longer
+    has (`config.RETIRED_KEYS`; the Config class will do). `other_run` says how the calling command
+    names another run folder (its own flag), for the message."""
     manifest = artifacts.read_manifest(run_dir, f"run: {COMMANDS['model_training']}{other_run}",
                                        f"{rerun('model_training')} to train it again")
     found = manifest.get("inputs", {}).get("model_format", "1")
     if found != str(MODEL_FORMAT):
         raise StageError(f"{run_dir} was saved by an older imdb-bert (model format {found}, this code reads "
                          f"{MODEL_FORMAT}): {rerun('model_training', '--force')}")
+    gone = retired_values(manifest, config)
+    if gone:
+        raise StageError(f"{run_dir} is stale: it was made with {gone}, which this version no longer builds: "
+                         f"{rerun('model_training', '--force')}")
     return manifest
 
 

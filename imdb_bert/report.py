@@ -130,37 +130,36 @@ def write(folder: str, text: str) -> None:
     """Write the report; sections other tools added to the old one (under a `## ` heading `text`
     lacks, such as the label curve's) are kept at its end."""
     path = os.path.join(folder, REPORT)
-    headings = {line.strip() for line in text.splitlines() if line.startswith("## ")}
-    added = [section for heading, section in sections(path) if heading not in headings]
-    with open(path, "w", encoding="utf-8") as out:
-        out.write("\n".join([text.rstrip() + "\n"] + added))
-
-
-def sections(path: str) -> list[tuple[str, str]]:
-    """(heading, text) of each `## ` section of a Markdown file (none if it is not there)."""
-    if not os.path.isfile(path):
-        return []
-    found = []
-    for line in open(path, encoding="utf-8").read().splitlines():
-        if line.startswith("## "):
-            found.append((line.strip(), []))
-        if found:
-            found[-1][1].append(line)
-    return [(heading, "\n".join(lines).rstrip() + "\n") for heading, lines in found]
+    headings = {heading for heading, _ in sections(text)[1]}
+    added = [section for heading, section in sections(_read(path))[1] if heading not in headings]
+    _save(path, [text] + added)
 
 
 def put_section(folder: str, heading: str, section: str) -> None:
     """Replace the report's section under `heading` (to the next `## ` heading) with `section`, or
     add it at the end; the rest of the report is kept as it is."""
     path = os.path.join(folder, REPORT)
-    text = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
-    lines, kept, skipping = text.splitlines(), [], False
-    for line in lines:
+    preamble, found = sections(_read(path))
+    _save(path, [preamble] + [text for name, text in found if name != heading] + [section])
+
+
+def sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """A Markdown text's lines before its first `## ` heading, and (heading, text) of each `## ` section."""
+    preamble, found = [], []
+    for line in text.splitlines():
         if line.startswith("## "):
-            skipping = line.strip() == heading
-        if not skipping:
-            kept.append(line)
-    write(folder, "\n".join(kept).rstrip() + "\n\n" + section)
+            found.append((line.strip(), []))
+        (found[-1][1] if found else preamble).append(line)
+    return "\n".join(preamble), [(heading, "\n".join(lines)) for heading, lines in found]
+
+
+def _read(path: str) -> str:
+    return open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
+
+
+def _save(path: str, parts: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("\n\n".join(part.strip("\n") for part in parts if part.strip()) + "\n")
 
 
 COMPARE_COLUMNS = [("run", "{}"), ("preset", "{}"), ("steps", "{}"), ("masked acc", "{:.4f}"), ("ppl", "{:.1f}"),

@@ -97,9 +97,10 @@ def main():
           + ("the other dev reviews (--dev-only)" if plan.dev_only else "the held-out reviews, once per model"))
 
     def progress(row):
+        picked = (f"epoch picked on dev: {row['dev_accuracy']:.4f}, epoch {row['epoch_picked']}/{row['epochs']} of "
+                  f"{row['passes_per_epoch']} pass(es)" if row["epochs"] else f"dev: {row['dev_accuracy']:.4f}")
         print(f"label_curve: {row['labels']} labels ({row['train_reviews']} reviews), seed {row['seed']}, "
-              f"{row['model']}: {row['scored_on']} {row['accuracy']:.4f} (epoch picked on dev: {row['dev_accuracy']:.4f}, epoch "
-              f"{row['epoch_picked']}/{row['epochs']} of {row['passes_per_epoch']} pass(es)), "
+              f"{row['model']}: {row['scored_on']} {row['accuracy']:.4f} ({picked}), "
               + ("reused from the fit cache" if row.get("cached") else f"{row['seconds']:.0f}s"),
               flush=True)
 

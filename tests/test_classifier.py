@@ -40,7 +40,7 @@ def test_compare_scratch_reports_three_models_on_the_same_held_out_reviews(class
         assert name in result.stdout
     assert metrics["held_out_reviews"] == labels["neg"] + labels["pos"]
     # Stage 5 learns: its training accuracy ends well above the majority class. (Held out, 280
-    # training reviews are too few for the tiny encoder: 0.41-0.55 measured, the bag of words 0.66.)
+    # training reviews are too few for the tiny encoder: 0.41-0.55 measured.)
     with open(os.path.join(run_dir, "classifier", "history_pretrained.csv")) as handle:
         trained = [float(row["accuracy"]) for row in csv.DictReader(handle)]
     train_labels = prepared["splits"]["train"]["labels"]

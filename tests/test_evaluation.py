@@ -108,8 +108,9 @@ def test_rewriting_a_report_keeps_the_sections_other_tools_added(tmp_path):
     report.write(str(tmp_path), "# Run `r`\n\n## Anchors\n\nold anchors\n")
     report.put_section(str(tmp_path), "## Added by a tool", "## Added by a tool\n\nits table\n")
     report.write(str(tmp_path), "# Run `r`\n\n## Anchors\n\nnew anchors\n")
+    report.put_section(str(tmp_path), "## Added by a tool", "## Added by a tool\n\nits new table\n")
     text = open(tmp_path / "report.md").read()
-    assert text == "# Run `r`\n\n## Anchors\n\nnew anchors\n\n## Added by a tool\n\nits table\n"
+    assert text == "# Run `r`\n\n## Anchors\n\nnew anchors\n\n## Added by a tool\n\nits new table\n"
 
 
 @pytest.mark.slow

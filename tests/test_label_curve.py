@@ -69,7 +69,8 @@ def test_label_curve_writes_its_csv_plot_and_report_section(curve):
     assert held_out == 6                                                       # a progress line per point
     for row in rows:
         assert row["scored_on"] == "held-out" and 0.0 <= float(row["accuracy"]) <= 1.0
-        assert 1 <= int(row["epoch_picked"]) <= int(row["epochs"])
+        if row["model"] != "bag_of_words":   # a logistic regression fitted to convergence: no epochs
+            assert 1 <= int(row["epoch_picked"]) <= int(row["epochs"])
     assert {row["train_reviews"] for row in rows if row["labels"] == "40"} == {"40"}
     assert {row["seed"] for row in rows} == {"7"}                              # --first-seed, not the config's 42
     assert {row["model"]: row["windows"] for row in rows} == {"pretrained": "3", "scratch": "3", "bag_of_words": "all"}

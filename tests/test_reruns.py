@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -63,9 +64,12 @@ def test_a_run_made_before_a_config_key_existed_stays_current(trained_run, tmp_p
     older["config"]["objective"] = "electra"
     with open(path, "w") as out:
         json.dump(older, out)
-    one_line_error(run_stage(["classifier_training.py"], data_dir, check=False),
-                   "is stale", "objective='electra', which this version no longer builds",
-                   "rerun python model_training.py --force")
+    evaluate = subprocess.run([sys.executable, "evaluate.py", os.path.dirname(path)], cwd=ROOT, env=stage_environment(),
+                              capture_output=True, text=True, timeout=300)   # it takes run folders, no --set
+    for result in (run_stage(["classifier_training.py"], data_dir, check=False),
+                   run_stage(["fill_mask.py", "a [MASK] film"], data_dir, check=False), evaluate):
+        one_line_error(result, "is stale", "objective='electra', which this version no longer builds",
+                       "rerun python model_training.py --force")
 
 
 def test_force_redoes_an_up_to_date_stage(trained):

@@ -8,6 +8,7 @@ import re
 
 from conftest import one_line_error, run_stage
 from imdb_bert import pipeline
+import config
 
 
 def test_study_runs_variants_scores_them_on_dev_and_keeps_no_run_folder(built_data, tmp_path):
@@ -57,11 +58,10 @@ def test_study_keep_finishes_the_run_for_evaluate(built_data, tmp_path):
         metrics = json.load(handle)
     # Held-out figures beside the dev row: the run is finished as model_training.py finishes one.
     assert 0.0 <= metrics["validation_masked_accuracy"] <= 1.0 and metrics["validation_windows"] > 0
-    pipeline.read_run(run_dir)   # what evaluate.py asks of a finished run folder
+    pipeline.read_run(run_dir, config.Config)   # what evaluate.py asks of a finished run folder
 
 
 def test_no_variant_builds_the_recipe_it_is_compared_with():
-    import config
     from lab import study
 
     recipe = config.make_config("cpu", {}).as_dict()
