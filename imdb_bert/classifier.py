@@ -225,6 +225,11 @@ def texts_and_labels(reviews: tf.data.Dataset) -> tuple[list[str], np.ndarray]:
     return [text for text, _ in pairs], np.array([label for _, label in pairs], np.int64)
 
 
+# What fit_bag_of_words builds, beside it so the two change together (the label curve's fit cache
+# keys its bag-of-words fits by it: a changed model refits).
+BAG_OF_WORDS = {"ngram_range": (1, 2), "max_features": 30_000, "sublinear_tf": True, "max_iter": 1_000}
+
+
 def fit_bag_of_words(reviews: tf.data.Dataset):
     """Logistic regression on TF-IDF of words and word pairs (scikit-learn), vocabulary and weights
     fitted on the (text, label) `reviews`: L-BFGS to convergence, no rate or epochs to choose."""
@@ -232,8 +237,8 @@ def fit_bag_of_words(reviews: tf.data.Dataset):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), max_features=30_000, sublinear_tf=True),
-                          LogisticRegression(max_iter=1_000))
+    words = {key: BAG_OF_WORDS[key] for key in ("ngram_range", "max_features", "sublinear_tf")}
+    model = make_pipeline(TfidfVectorizer(**words), LogisticRegression(max_iter=BAG_OF_WORDS["max_iter"]))
     return model.fit(*texts_and_labels(reviews))
 
 

@@ -19,8 +19,6 @@ import numpy as np
 
 MODELS = ("pretrained", "scratch", "bag_of_words")
 SCORED_ON = {False: "held-out", True: "dev (the reviews that do not pick the epoch)"}
-# What the bag of words is (classifier.fit_bag_of_words), for its fit-cache key: a changed model refits.
-BAG_OF_WORDS = "scikit-learn TfidfVectorizer(1-2 grams, 30,000, sublinear tf) + LogisticRegression"
 MODEL_LABELS = {"pretrained": "pretrained encoder, fine-tuned", "scratch": "same architecture from scratch",
                 "bag_of_words": "bag of words (TF-IDF + logistic regression)"}
 
@@ -197,7 +195,9 @@ def fit_key(plan: CurvePlan, model_name: str, count, seed: int, inputs: dict, fi
     if model_name == "scratch":
         depends.update(fine_tuning=dataclasses.asdict(fine_tuning), shape=dataclasses.asdict(model_config))
     else:
-        depends["bag_of_words"] = BAG_OF_WORDS
+        from imdb_bert import classifier
+
+        depends["bag_of_words"] = classifier.BAG_OF_WORDS
     return hashlib.sha256(json.dumps(depends, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
