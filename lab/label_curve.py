@@ -149,6 +149,10 @@ def record_pays(config, options, run_manifest, plan, rows, seconds) -> None:
         row.update({f"pretrained_{count}": round(point["pretrained"], 4), f"scratch_{count}": round(point["scratch"], 4),
                     f"bag_of_words_{count}": round(point["bag_of_words"], 4), f"lead_{count}": round(point["lead"], 4),
                     f"beyond_range_{count}": point["beyond_range"]})
+    # The fine-tuning settings that differ from the preset's, so rows of a rate screen tell apart.
+    preset = config_module.make_config(config.preset)
+    row["fine_tuning"] = " ".join(f"{key}={getattr(config, key)}" for key in pipeline.stage_keys(config, "classifier")
+                                  if getattr(config, key) != getattr(preset, key))
     row.update(pays=verdict["pays"], fits=len(rows), cached_fits=sum(bool(r.get("cached")) for r in rows),
                seconds=round(seconds), cpu=distribute.cpu_description(), date=time.strftime("%Y-%m-%d"))
     artifacts.append_row(options.rows, row)

@@ -217,6 +217,9 @@ def test_the_pays_check_writes_its_row_and_reuses_cached_scratch_fits(trained_ru
     assert len(rows) == 3 and all(row["fits"] == "6" and row["scored_on"] == "dev" for row in rows)
     assert [row["cached_fits"] for row in rows] == ["0", "4", "2"]   # then scratch + bag of words; then the bag only
     assert rows[0]["scratch_40"] == rows[1]["scratch_40"] and rows[0]["lead_20"] == rows[1]["lead_20"]
+    # Each row names the fine-tuning settings it changed from the preset's, so a rate screen's rows differ.
+    assert "classifier_learning_rate" not in rows[0]["fine_tuning"]
+    assert "classifier_learning_rate=0.0007" in rows[2]["fine_tuning"].split()
     for result in (first, again, other_rate):
         verdict = [line for line in result.stdout.splitlines() if line.startswith("label_curve: pays-check: ")]
         assert len(verdict) == 1 and "20 labels" in verdict[0] and "40 labels" in verdict[0]
