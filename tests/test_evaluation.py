@@ -114,23 +114,25 @@ def test_rewriting_a_report_keeps_the_sections_other_tools_added(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, tmp_path):
-    data_dir, run_dir, _, _ = evaluated
-    other_data = copy_data((data_dir, None), tmp_path)
-    run_stage(["model_training.py"], other_data, "mask_rate=0.3", "steps_per_epoch=10", "epochs=1", "run_name=masked30")
-    shutil.copytree(run_dir, os.path.join(other_data, "runs", "tiny"))
-    runs = [os.path.join(other_data, "runs", name) for name in ("tiny", "masked30")]
+def test_compare_puts_runs_with_other_settings_side_by_side(evaluated, float32_runs, tmp_path):
+    _, run_dir, _, _ = evaluated
+    folder = tmp_path / "runs"
+    # The tiny run beside one trained with post-LN blocks, in float32, for one epoch (conftest.float32_runs).
+    shutil.copytree(run_dir, folder / "tiny")
+    shutil.copytree(float32_runs["post"][1], folder / "post")
+    runs = [str(folder / name) for name in ("tiny", "post")]
     # `runs/*` as a shell gives it: a file and a folder that is no run come along, and are skipped.
-    open(os.path.join(other_data, "runs", "study.csv"), "w").close()
-    os.makedirs(os.path.join(other_data, "runs", "fit_cache"), exist_ok=True)
-    strays = [os.path.join(other_data, "runs", name) for name in ("study.csv", "fit_cache")]
-    # The copied run names the original data folder; evaluate both against the same held-out reviews.
+    (folder / "study.csv").write_text("")
+    (folder / "fit_cache").mkdir()
+    strays = [str(folder / name) for name in ("study.csv", "fit_cache")]
+    # Each copied run names the data folder it was trained on, and both hold the same held-out reviews.
     result = evaluate("--compare", *runs, *strays)
     assert [line for line in result.stdout.splitlines() if line.startswith("evaluate: skipping ")] == [
         f"evaluate: skipping {path}: not a finished run folder (no manifest.json)" for path in strays]
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert "mask_rate" in table[0] and "cloze@5" in table[0]
-    assert table[2].startswith("| tiny |") and table[3].startswith("| masked30 |") and "| 0.3 |" in table[3] + " "
+    header, tiny, post = ([cell.strip() for cell in line.split("|")[1:-1]] for line in (table[0], table[2], table[3]))
+    assert "cloze@5" in header and (tiny[0], post[0]) == ("tiny", "post")
+    assert (tiny[header.index("norm_position")], post[header.index("norm_position")]) == ("pre", "post")
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, copy_data, one_line_error, run_stage
+from conftest import ROOT, one_line_error, run_stage
 
 PROBE = "i have watched this [MASK] and it was awesome"
 SENTENCES = [PROBE, "the [MASK] was [MASK] good, but the ending [MASK]", "[MASK] film"]
@@ -18,23 +18,6 @@ SENTENCES = [PROBE, "the [MASK] was [MASK] good, but the ending [MASK]", "[MASK]
 # them out: Windows-1252 leftovers, accents typed as apostrophes, NFKC forms, ß, invisible characters.
 UNEVEN_REVIEWS = ["It\xb4s a \x93gem\x94\x97really. Jurassik\xa8 3\xb3", "Stra\xdfe, \x8eI\x9eEK and the \ufb01lm",
                   "soft\u00adhyphen, zero\u200bwidth, \uff26\uff55\uff4c\uff4c width, caf\xe9 na\xefve \u6620\u753b"]
-
-
-@pytest.fixture(scope="module")
-def runs(trained_run, tmp_path_factory):
-    """{"pre": a tiny run, "post": a tiny run with post-LN blocks}: (data_dir, run_dir) each, one epoch.
-
-    Both train in float32, as transformers computes: under mixed precision (what `auto` picks on a CPU
-    with native bf16) our logits carry bf16 rounding, about 1e-2 here, that the exported float32
-    weights do not.
-    """
-    made = {}
-    for norm_position in ("pre", "post"):
-        data_dir = copy_data(trained_run, tmp_path_factory.mktemp(norm_position))
-        run_stage(["model_training.py"], data_dir, f"norm_position={norm_position}", "epochs=1", "mixed_precision=float32",
-                  f"run_name={norm_position}")
-        made[norm_position] = (data_dir, os.path.join(data_dir, "runs", norm_position))
-    return made
 
 
 def what_transformers_makes_of(folder, request, tmp_path):
@@ -48,10 +31,10 @@ def what_transformers_makes_of(folder, request, tmp_path):
 
 @pytest.mark.parametrize("norm_position, architecture", [("pre", "MegatronBertForMaskedLM"),
                                                          ("post", "BertForMaskedLM")])
-def test_transformers_gives_the_same_logits_fills_and_token_ids(runs, tmp_path, norm_position, architecture):
+def test_transformers_gives_the_same_logits_fills_and_token_ids(float32_runs, tmp_path, norm_position, architecture):
     from imdb_bert import corpus, inputs, probe
 
-    data_dir, run_dir = runs[norm_position]
+    data_dir, run_dir = float32_runs[norm_position]
     out = str(tmp_path / "hf")
     run_stage(["export_hf.py", "--run", run_dir, "--out", out], data_dir)
     assert sorted(os.listdir(out)) == ["config.json", "manifest.json", "model.safetensors", "special_tokens_map.json",
@@ -79,8 +62,8 @@ def test_transformers_gives_the_same_logits_fills_and_token_ids(runs, tmp_path, 
     assert answer["token_ids"] == ours
 
 
-def test_export_refuses_an_existing_folder_and_a_damaged_run(runs, tmp_path):
-    data_dir, run_dir = runs["pre"]
+def test_export_refuses_an_existing_folder_and_a_damaged_run(float32_runs, tmp_path):
+    data_dir, run_dir = float32_runs["pre"]
     out = tmp_path / "hf"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
