@@ -31,8 +31,9 @@ SLOWEST_FILES = ["test_reruns.py", "test_distribute.py", "test_study.py", "test_
 
 # A test is `slow` (left out by `pytest -m "not slow"`, the contributors' inner loop) when it carries
 # @pytest.mark.slow (it runs a stage script or another subprocess, or trains for long in process) or
-# takes one of these fixtures, which run the stages to build their data or run.
-SLOW_FIXTURES = {"built_data", "trained_run", "float32_runs", "trained", "uninterrupted"}
+# needs the stages' outputs: every fixture that holds them starts from `built_once_data` (a test's
+# fixturenames list every fixture it needs, however indirectly).
+SLOW_FIXTURES = {"built_once_data"}
 
 
 def pytest_collection_modifyitems(items):
