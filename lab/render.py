@@ -6,15 +6,17 @@
 
 A block is the text between `<!-- render KIND CSV [FILTER=VALUE ...] -->` and `<!-- /render -->`;
 KIND is one of RENDERERS below, CSV a path from the repository's root, and each FILTER=VALUE keeps
-only the rows whose column FILTER equals VALUE (starts with it, when VALUE ends in `*`; equals one of
-them, for `a|b`);
-`columns=A,B,...` makes the `rows` table show only those columns.
+only the rows whose column FILTER equals VALUE (equals one of them, for `a|b`; matches it as a shell
+pattern, when VALUE holds `*` or `?`);
+`columns=A,B,...` makes the `rows` table show only those columns; `latest=A` keeps, of the rows that
+share a value of column A, only the last one (the CSVs append, so the last is the newest).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import glob
 import os
 import re
@@ -178,9 +180,10 @@ PLOTS = [("results/pretraining_curve.csv", {"machine": "epyc-bf16", "review_pass
 
 
 def matches(row: dict, column: str, value: str) -> bool:
-    """The row's column holds the value, one of "a|b", or a value starting with "a" for "a*"."""
-    if value.endswith("*"):
-        return row.get(column, "").startswith(value[:-1])
+    """The row's column holds the value, one of "a|b", or, where the value has `*` or `?`, a match of it
+    as a shell pattern (`?` stands for the space a filter cannot hold)."""
+    if "*" in value or "?" in value:
+        return fnmatch.fnmatchcase(row.get(column, ""), value)
     return row.get(column) in value.split("|")
 
 
@@ -192,6 +195,9 @@ def render_block(kind: str, path: str, filters: str) -> str:
         column, value = condition.split("=", 1)
         if column == "columns":
             options["columns"] = value.split(",")
+        elif column == "latest":
+            newest = {row[value]: index for index, row in enumerate(rows)}
+            rows = [row for index, row in enumerate(rows) if newest[row[value]] == index]
         else:
             rows = [row for row in rows if matches(row, column, value)]
     return RENDERERS[kind](rows, **options) + "\n"
