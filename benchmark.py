@@ -355,8 +355,8 @@ def main():
         ("ours / reference", f"{ours_tokens / reference_tokens:.2f}x", "tokens/s"),
         ("matmul peak float32 / bfloat16", f"{peak32:,.0f} / {peak16:,.0f} GFLOP/s", f"{arguments.peak_size}x{arguments.peak_size} matmul, best of 20"),
         ("our model FLOP/s, MFU", f"{ours_flops / 1e9:,.0f} GFLOP/s",
-         f"MFU {ours_flops / 1e9 / peak:.0%} of the {('bfloat16' if peak is peak16 else 'float32')} peak, "
-         f"{ours_flops / 1e9 / peak32:.0%} of the float32 peak"),
+         f"MFU {ours_flops / 1e9 / peak:.0%} of the {('bfloat16' if peak is peak16 else 'float32')} peak"
+         + (f", {ours_flops / 1e9 / peak32:.0%} of the float32 peak" if peak is peak16 else "")),
     ]
     if arguments.fit_steps:
         rows += [
