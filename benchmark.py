@@ -335,7 +335,8 @@ def main():
     # 5. Matmul peak and MFU.
     peak32 = matmul_peak("float32", arguments.peak_size)
     peak16 = matmul_peak("bfloat16", arguments.peak_size)
-    peak = peak16 if precision == "mixed_bfloat16" else peak32
+    peak_name = "bfloat16" if precision == "mixed_bfloat16" else "float32"
+    peak = peak16 if peak_name == "bfloat16" else peak32
 
     # What a GPU would consume at a stated MFU of its published dense peak (T4 fp16, A100 bf16).
     flops_per_sequence = model_flops(real_lengths, masked, config, vocab_size) / len(real_lengths)
@@ -355,8 +356,8 @@ def main():
         ("ours / reference", f"{ours_tokens / reference_tokens:.2f}x", "tokens/s"),
         ("matmul peak float32 / bfloat16", f"{peak32:,.0f} / {peak16:,.0f} GFLOP/s", f"{arguments.peak_size}x{arguments.peak_size} matmul, best of 20"),
         ("our model FLOP/s, MFU", f"{ours_flops / 1e9:,.0f} GFLOP/s",
-         f"MFU {ours_flops / 1e9 / peak:.0%} of the {('bfloat16' if peak is peak16 else 'float32')} peak"
-         + (f", {ours_flops / 1e9 / peak32:.0%} of the float32 peak" if peak is peak16 else "")),
+         f"MFU {ours_flops / 1e9 / peak:.0%} of the {peak_name} peak"
+         + (f", {ours_flops / 1e9 / peak32:.0%} of the float32 peak" if peak_name == "bfloat16" else "")),
     ]
     if arguments.fit_steps:
         rows += [
