@@ -213,10 +213,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 lr_schedule="transformer", warmup_steps=4000, learning_rate=256 ** -0.5 * 4000 ** -0.5, weight_decay=0.0,
                 steps_per_epoch=0, dev_batches=0, classifier_epochs=3, classifier_max_windows=2,
                 classifier_learning_rate=1e-4),
-    # The tests: a small model, a fixed number of steps.
+    # The tests: a small model, a fixed number of steps, float32 on every CPU kind (so a test run gives the
+    # same figures with or without bf16, and compares with transformers, which computes in float32).
     "tiny": dict(vocab_size=1000, max_seq_len=64, hidden_size=64, num_heads=2, ffn_size=128,
                  num_layers=2, batch_size=16, epochs=3, train_minutes=0.0, warmup_steps=20, learning_rate=3e-3,
-                 mask_rate=0.15, lr_schedule="cosine",
+                 mask_rate=0.15, lr_schedule="cosine", mixed_precision="float32",
                  num_shards=2, validation_fraction=0.2, steps_per_epoch=30, dev_batches=0,
                  checkpoint_every_steps=10,
                  classifier_epochs=8, classifier_max_windows=2, classifier_learning_rate=3e-4),

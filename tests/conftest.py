@@ -173,6 +173,18 @@ def results_of(outputs: dict) -> dict:
     return {name: types.SimpleNamespace(**output) for name, output in outputs.items()}
 
 
+def build_cloze_set(data_dir: str) -> None:
+    """The held-out cloze set as the first training run on `data_dir` builds it (model_training.py), made
+    here once so that the copies of the built data do not each build it again in their first run."""
+    import config
+    from imdb_bert import evaluation
+
+    with open(os.path.join(data_dir, "prepared", "manifest.json"), encoding="utf-8") as handle:
+        prepared = json.load(handle)["fingerprint"]
+    evaluation.ensure_cloze_set(data_dir, prepared, config.PRESET_VOCAB_SIZES,
+                                config.make_config("tiny").vocab_min_word_count, evaluation.PROTOCOL_SEED)
+
+
 @pytest.fixture(scope="session")
 def built_once_data(tmp_path_factory, fixture_reviews):
     """The data folder after download.sh (official path, served from a local archive of the fixture
@@ -184,6 +196,7 @@ def built_once_data(tmp_path_factory, fixture_reviews):
             IMDB_BERT_URL="file://" + path, IMDB_BERT_SHA256=sha256))}
         for script in ["data_prep.py", "tokeniser_build.py"]:
             outputs[script] = run_stage([script], data_dir)
+        build_cloze_set(data_dir)
         return {name: kept(result) for name, result in outputs.items()}
 
     folder, outputs = built_once(tmp_path_factory, "built", build)
@@ -212,25 +225,20 @@ def trained_run(tmp_path_factory, built_once_data):
 
 
 @pytest.fixture(scope="session")
-def float32_runs(tmp_path_factory, built_once_data):
-    """{"pre": a tiny run, "post": a tiny run with post-LN blocks}: (data_dir, run_dir) each, one epoch
-    in float32 (test_hf_export.py compares them with transformers, which computes in float32; under
-    mixed precision our logits carry bf16 rounding, about 1e-2 here, that the exported weights do not).
-    Trained once for both workers; this worker gets a copy."""
+def float32_runs(tmp_path_factory, built_once_data, trained_run):
+    """{"pre": the shared tiny run, "post": a tiny run with post-LN blocks trained once for both workers
+    for one epoch}: (data_dir, run_dir) each, this worker's copies. Both are float32 (the tiny preset's
+    precision), as test_hf_export.py needs: transformers computes in float32, and under mixed precision
+    our logits would carry bf16 rounding, about 1e-2 here, that the exported weights do not."""
     def build(folder):
-        for norm_position in ("pre", "post"):
-            data_dir = copy_data(built_once_data, os.path.join(folder, norm_position))
-            run_stage(["model_training.py"], data_dir, f"norm_position={norm_position}", "epochs=1",
-                      "mixed_precision=float32", f"run_name={norm_position}")
+        data_dir = copy_data(built_once_data, folder)
+        run_stage(["model_training.py"], data_dir, "norm_position=post", "epochs=1", "run_name=post")
         return {}
 
-    folder, _ = built_once(tmp_path_factory, "float32_runs", build)
-    made = {}
-    for norm_position in ("pre", "post"):
-        data_dir = copy_data((os.path.join(folder, norm_position, "data"),),
-                             tmp_path_factory.mktemp(norm_position), with_runs=True)
-        made[norm_position] = (data_dir, os.path.join(data_dir, "runs", norm_position))
-    return made
+    folder, _ = built_once(tmp_path_factory, "post_ln_run", build)
+    post = copy_data((os.path.join(folder, "data"),), tmp_path_factory.mktemp("post"), with_runs=True)
+    return {"pre": (trained_run[0], os.path.join(trained_run[0], "runs", "tiny")),
+            "post": (post, os.path.join(post, "runs", "post"))}
 
 
 def copy_data(built_data, destination, with_runs: bool = False) -> str:

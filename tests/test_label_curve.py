@@ -201,7 +201,7 @@ def test_probe_first_starts_fine_tuning_from_a_fitted_head():
 
 # The pays-check at the tiny preset: few labels, one seed, few reviews read; the rows and the fit cache
 # are under test, not the accuracy.
-PAYS_COMMAND = ["lab/label_curve.py", "--pays", "--dev-only", "--labels", "20,40", "--seeds", "1", "--passes", "60",
+PAYS_COMMAND = ["lab/label_curve.py", "--pays", "--dev-only", "--labels", "20,40", "--seeds", "1", "--passes", "20",
                 "--set", "classifier_epochs=1"]
 
 

@@ -76,13 +76,6 @@ def test_fill_mask_reads_stdin_and_reports_lines_without_mask(pipeline):
 
 
 @pytest.mark.slow
-def test_stage_run_before_its_predecessor_says_what_to_run(tmp_path):
-    result = run_stage(["model_training.py"], str(tmp_path), check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("run: python data_prep.py")
-
-
-@pytest.mark.slow
 def test_tfds_source_without_a_prepared_cache_is_one_line(tmp_path):
     result = run_stage(["data_prep.py", "--source", "tfds"], str(tmp_path), "split_seed=1", check=False,
                        environment=stage_environment(TFDS_DATA_DIR=str(tmp_path / "no-tfds")))

@@ -26,7 +26,10 @@ def test_the_gpu_preset_shape_trains_saves_and_serves_on_cpu(built_data, tmp_pat
     # float32: a CPU has no native float16 kernels, and the held-out evaluation at this shape would take
     # most of the test. mixed_float16 (what auto picks on a T4 or V100) trains in test_precision.py and
     # is saved and reloaded in test_model.py, at the tiny shape.
-    short = ["epochs=1", "steps_per_epoch=3", "dev_batches=2", "checkpoint_every_steps=0", "mixed_precision=float32"]
+    # Batches of 8 instead of the preset's 32: the shape under test is the model's, and a CPU step at 256 tokens
+    # costs seconds per 32 windows.
+    short = ["epochs=1", "steps_per_epoch=3", "dev_batches=2", "checkpoint_every_steps=0", "mixed_precision=float32",
+             "batch_size=8"]
     for script in ["data_prep.py", "tokeniser_build.py"]:
         run_stage([script, "--preset", "gpu"], data_dir)
     trained = run_stage(["model_training.py", "--preset", "gpu"], data_dir, *short)
