@@ -177,12 +177,12 @@ def build_cloze_set(data_dir: str) -> None:
     """The held-out cloze set as the first training run on `data_dir` builds it (model_training.py), made
     here once so that the copies of the built data do not each build it again in their first run."""
     import config
-    from imdb_bert import evaluation
+    from imdb_bert import evaluation, pipeline
 
-    with open(os.path.join(data_dir, "prepared", "manifest.json"), encoding="utf-8") as handle:
-        prepared = json.load(handle)["fingerprint"]
-    evaluation.ensure_cloze_set(data_dir, prepared, config.PRESET_VOCAB_SIZES,
-                                config.make_config("tiny").vocab_min_word_count, evaluation.PROTOCOL_SEED)
+    settings = config.make_config("tiny", {"data_dir": data_dir})
+    _, inputs = pipeline.current_training_inputs(settings)
+    evaluation.ensure_cloze_set(data_dir, inputs["prepared"], config.PRESET_VOCAB_SIZES,
+                                settings.vocab_min_word_count, evaluation.PROTOCOL_SEED)
 
 
 @pytest.fixture(scope="session")
