@@ -83,6 +83,9 @@ class Config:
     activation: str = key("gelu")             # gelu (tanh approximation, as BERT) | relu (as the original)
     tie_embeddings: bool = key(True)
     use_bias: bool = key(True)                # biases in the encoder's dense layers and layer norms
+    embedding_init: str = key("random", upgrade="random")   # random | ppmi_svd: the token table starts from
+                                              # co-occurrence counts of the training windows
+                                              # (imdb_bert/count_embeddings.py), the rest random
 
     # Stage 4: masking.
     mask_rate: float = key(0.3)               # share of a window's word pieces the model must predict
@@ -184,6 +187,7 @@ class Config:
         choices = {"source": ("auto", "official", "package", "tfds"),
                    "norm_position": ("pre", "post"),
                    "activation": ("gelu", "relu"),
+                   "embedding_init": ("random", "ppmi_svd"),
                    "lr_schedule": ("cosine", "linear", "transformer"),
                    "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                    "strategy": ("auto", "mirrored", "multi_worker", "tpu"),

@@ -121,6 +121,8 @@ def build(run: Run) -> None:
                                    config.steps_per_execution)
         if run.state:
             resume.restore(run.model, run.work, run.state)
+        elif config.embedding_init == "ppmi_svd":
+            start_from_counts(run)
         if config.strategy == "multi_worker":
             private_apis.prepare_multi_worker_fit(run.model, run.dev_data)
     if run.state:
@@ -128,6 +130,19 @@ def build(run: Run) -> None:
               f"(optimizer step {run.state['global_step']})")
     else:
         run.model.summary(line_length=100, expand_nested=True)
+
+
+def start_from_counts(run: Run) -> None:
+    """Replace the random token table by PPMI-SVD vectors of the training windows (count_embeddings)."""
+    from imdb_bert import count_embeddings
+
+    started = time.time()
+    table = run.model.encoder.token_embedding.embeddings
+    values, counted = count_embeddings.ppmi_svd_table(run.train_windows, keras.ops.convert_to_numpy(table),
+                                                      count_embeddings.CountEmbeddingConfig(), run.config.seed)
+    table.assign(values)
+    print(f"model_training: token table from co-occurrence counts ({counted.sum()} of {len(values)} word pieces "
+          f"counted) in {time.time() - started:.1f}s")
 
 
 def fit(run: Run, whole_stage: bool = True) -> None:

@@ -103,6 +103,7 @@ def test_probe_without_mask_is_refused_before_training(built_data, tmp_path):
     ("mask_rate=1.2", "mask_rate must be between 0 and 1"),
     ("num_heads=3", "num_heads (3) must divide hidden_size (64)"),
     ("steps_per_execution=7", "steps_per_execution must be a positive divisor of steps_per_epoch (30), got 7"),
+    ("embedding_init=glove", "embedding_init must be one of random, ppmi_svd, got 'glove'"),
 ])
 def test_bad_config_on_the_command_line_is_one_line(tmp_path, setting, message):
     one_line_error(run_stage(["tokeniser_build.py"], str(tmp_path), setting, check=False), message)
