@@ -23,7 +23,7 @@ COUNT_BATCH = 8192   # windows read from the dataset at a time
 @dataclass(frozen=True)
 class CountEmbeddingConfig:
     radius: int = 5            # pieces up to this far apart (within one window) count as co-occurring,
-                               # weighted 1/distance as word2vec's sampled window does on average
+                               # weighted 1/distance, as GloVe weights its counts
     context_power: float = 0.75   # context counts raised to this (smooths PMI's bias to rare contexts)
     svd_iterations: int = 4
 
