@@ -182,6 +182,9 @@ class Config:
         if self.steps_per_execution < 1 or (self.steps_per_epoch and self.steps_per_epoch % self.steps_per_execution):
             raise ConfigError(f"steps_per_execution must be a positive divisor of steps_per_epoch "
                               f"({self.steps_per_epoch}), got {self.steps_per_execution}")
+        if self.embedding_init == "ppmi_svd" and self.hidden_size >= self.vocab_size:
+            raise ConfigError(f"embedding_init ppmi_svd needs hidden_size ({self.hidden_size}) below vocab_size "
+                              f"({self.vocab_size}): the SVD has no more components than pieces")
         if self.vocab_min_word_count < 1:
             raise ConfigError(f"vocab_min_word_count must be >= 1, got {self.vocab_min_word_count}")
         choices = {"source": ("auto", "official", "package", "tfds"),

@@ -63,7 +63,8 @@ def ppmi_svd_table(windows: tf.data.Dataset, current: np.ndarray, settings: Coun
                    seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(a new embedding table, a boolean mask of the rows counted): `current` (the random table, [vocab,
     hidden]) with every word piece seen in `windows` replaced by its PPMI-SVD vector, scaled so those
-    rows have the mean norm of the random rows they replace; pieces never seen keep their random row."""
+    rows have the mean norm of the random rows they replace. A piece with no positive PMI (the reserved
+    tokens, which no window holds) keeps its random row."""
     vocab_size, hidden = current.shape
     matrix = ppmi(cooccurrence(windows, vocab_size, settings.radius), settings.context_power)
     left, singular, _ = randomized_svd(matrix, hidden, n_iter=settings.svd_iterations, random_state=seed)

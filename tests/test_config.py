@@ -31,6 +31,8 @@ def test_overrides_are_typed():
     ({"num_heads": "5"}, "num_heads (5) must divide hidden_size"),
     ({"source": "web"}, "source must be one of"),
     ({"embedding_init": "glove"}, "embedding_init must be one of random, ppmi_svd, got 'glove'"),
+    ({"embedding_init": "ppmi_svd", "vocab_size": "100", "hidden_size": "128", "num_heads": "2"},
+     "embedding_init ppmi_svd needs hidden_size (128) below vocab_size (100)"),
     ({"tie_embeddings": "maybe"}, "tie_embeddings takes true or false"),
     ({"short_seq_len": "32"}, "short_seq_len 32 needs"),   # tiny trains by epochs, not train_minutes
     ({"short_seq_len": "64", "train_minutes": "1"}, "short_seq_len < max_seq_len (64)"),
